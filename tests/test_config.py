@@ -1,0 +1,63 @@
+"""StudyConfig: presets, validation, coercion of papermill/YAML values, round trips."""
+import pytest
+
+from nmtune_lib.config import PRESETS, StudyConfig
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_presets_build_and_round_trip_json_and_yaml(preset):
+    cfg = StudyConfig.from_preset(preset)
+    assert cfg.preset == preset
+    assert StudyConfig.from_json(cfg.to_json()) == cfg
+    assert StudyConfig.from_yaml(cfg.to_yaml()) == cfg
+
+
+def test_default_grid_is_the_papers():
+    cfg = StudyConfig.from_preset("default")
+    assert cfg.noise_ratios == (0.0, 0.05, 0.1, 0.2, 0.3)
+    assert len(cfg.seeds) == 3
+
+
+def test_unknown_preset_lists_known_ones():
+    with pytest.raises(ValueError, match="smoke, default, paper"):
+        StudyConfig.from_preset("tiny")
+
+
+def test_mistyped_key_raises_with_a_suggestion():
+    with pytest.raises(ValueError, match="did you mean 'noise_ratios'"):
+        StudyConfig.from_preset("smoke", noise_ratio=[0.1])
+
+
+@pytest.mark.parametrize("key,value,accepted", [
+    ("noise_ratios", [0.1, 1.0], r"\[0, 1\)"),
+    ("noise_kind", "pairflip", "symmetric, asymmetric, instance"),
+    ("epochs", 0, "positive integer"),
+    ("device", "tpu", "auto, cpu, cuda"),
+    ("methods", ["lp", "svm"], "lp, mlp, nmtune"),
+    ("views", 1, ">= 2"),
+    ("dataset", "imagenet", "fashion_mnist"),
+    ("seeds", [0, 0], "distinct"),
+    ("lr", "fast", "float"),
+])
+def test_bad_values_name_the_value_and_the_accepted_ones(key, value, accepted):
+    with pytest.raises(ValueError, match=accepted) as err:
+        StudyConfig.from_preset("smoke", **{key: value})
+    assert key in str(err.value)
+
+
+def test_papermill_and_yaml_strings_are_coerced():
+    cfg = StudyConfig.from_preset("smoke", mlp_lr="1e-3", epochs="3", compile="true", seeds="0,1", noise_ratios=0.1)
+    assert cfg.mlp_lr == 1e-3 and cfg.epochs == 3 and cfg.compile is True
+    assert cfg.seeds == (0, 1) and cfg.noise_ratios == (0.1,)
+
+
+def test_run_dir_layout():
+    cfg = StudyConfig.from_preset("smoke", run_root="/tmp/r")
+    assert str(cfg.run_dir(0.05, 2)) == "/tmp/r/smoke/fashion_mnist/symmetric-0.05/seed2"
+
+
+def test_config_is_frozen():
+    cfg = StudyConfig.from_preset("smoke")
+    with pytest.raises(Exception):
+        cfg.epochs = 5  # type: ignore[misc]
+    assert cfg.replace(epochs=5).epochs == 5
