@@ -32,11 +32,13 @@ class Claim:
     n_seeds: int
 
 
-def load_results(preset_dir: str | Path, name: str) -> xr.Dataset:
-    """Combine ``<preset_dir>/**/<name>.nc`` of every run into one Dataset."""
-    paths = sorted(Path(preset_dir).glob(f"**/{name}.nc"))
+def load_results(config, name: str) -> xr.Dataset:
+    """Combine ``<name>.nc`` of every run of this preset, dataset and noise kind into one Dataset."""
+    base = Path(config.run_root) / config.preset / config.dataset
+    paths = sorted(base.glob(f"{config.noise_kind}-*/seed*/{name}.nc"))
     if not paths:
-        raise FileNotFoundError(f"no {name}.nc under {preset_dir}; run the sweep first (nmtune sweep)")
+        raise FileNotFoundError(f"no {name}.nc under {base}/{config.noise_kind}-*/seed*/; run the sweep first "
+                                "(nmtune sweep)")
     return combine_runs(paths)
 
 
@@ -165,3 +167,20 @@ def claims_table(claims: list[Claim]):
 
 def claims_records(claims: list[Claim]) -> list[dict]:
     return [asdict(c) for c in claims]
+
+
+def means_table(transfer: xr.Dataset) -> pd.DataFrame:
+    """ID mean and OOD mean (with and without the training domain) per method and noise ratio, mean over seeds, %."""
+    import pandas as pd
+
+    rows = []
+    for include in (False, True):
+        means = id_ood_means(transfer, include_train_domain=include).mean("seed") * 100
+        for var in ("id_mean", "ood_mean"):
+            if var == "id_mean" and include:
+                continue
+            name = {"id_mean": "ID mean", "ood_mean": "OOD mean" + (" (with train domain)" if include else "")}[var]
+            frame = means[var].to_pandas()
+            frame = frame.T if frame.index.name != "method" else frame
+            rows.append(frame.assign(metric=name).set_index("metric", append=True))
+    return pd.concat(rows).round(2)

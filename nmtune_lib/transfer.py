@@ -12,13 +12,14 @@ such test domain), ``fit_seconds``, ``head_mode``; per-task coordinates ``task_k
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import xarray as xr
+
+from .config import METHODS
 
 ABLATIONS: dict[str, dict[str, float]] = {  # method name → which regulariser weights stay on (others set to 0)
     "mse_only": {"w_mse": 1, "w_cov": 0, "w_svd": 0},
@@ -87,7 +88,7 @@ def transfer_dataset(scores: Sequence[Score], tasks: Sequence[Any], *, noise_rat
 def head_hyperparameters(config, method: str) -> dict[str, Any]:
     """The fit_head keyword arguments of ``method`` (lp, mlp, nmtune or an ablation name) from the config."""
     base = dict(epochs=config.head_epochs, batch_size=config.head_batch_size, weight_decay=config.head_weight_decay,
-                k=config.svd_top_k)
+                svd_top_k=config.svd_top_k)
     if method == "lp":
         return dict(base, method="lp", lr=config.lp_lr)
     weights = dict(w_mse=config.w_mse, w_cov=config.w_cov, w_svd=config.w_svd)
@@ -100,11 +101,65 @@ def head_hyperparameters(config, method: str) -> dict[str, Any]:
     return dict(base, method="nmtune" if method != "mlp" else "mlp", lr=config.mlp_lr, **weights)
 
 
-def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((predictions == labels).float().mean())
+def run_transfer(backbone, tasks: Sequence[Any], config, *, noise_ratio: float, seed: int, checkpoint_hash: str,
+                 cache_dir=None, device: str = "cpu", methods: Sequence[str] | None = None,
+                 ablation_tasks: Sequence[str] = (), spectrum_task: str | None = None, progress: bool = False,
+                 log=print, attrs: dict[str, Any] | None = None) -> xr.Dataset:
+    """Fit every method on every task (and the ablation variants on ``ablation_tasks``) and score every test domain.
+
+    A head depends only on its training set and method, so tasks sharing a training set (e.g. the ID task and the
+    ``real``-trained OOD task, or MNIST-5k and the digit shift) share one fitted head. ``spectrum_task`` names the
+    task whose in-training-domain test set gives the spectrum of the tuned features z (default: the first task).
+    """
+    from .features import extract_features
+    from .heads import OnlineViews, fit_head
+    from .spectrum import singular_values, spectrum_metrics
+
+    methods = list(methods or config.methods)
+    features = lambda image_set, transform="eval", views=1: extract_features(  # noqa: E731
+        backbone, image_set, transform=transform, views=views, seed=seed, device=device,
+        batch_size=config.feature_batch_size, cache_dir=cache_dir, checkpoint_hash=checkpoint_hash,
+        progress=progress)
+    fitted: dict[tuple[str, str], Any] = {}
+    scores: list[Score] = []
+    tuned: dict[str, dict[str, float]] = {}
+    spectrum_task = spectrum_task or tasks[0].name
+    for task in tasks:
+        variants = methods + (list(ABLATIONS) if task.name in ablation_tasks else [])
+        train_key = _content_key(task.train)
+        for method in variants:
+            if (train_key, method) not in fitted:
+                hyper = head_hyperparameters(config, method)
+                if hyper["method"] == "lp":
+                    views = features(task.train)
+                elif config.head_mode == "cached":
+                    views = features(task.train, "weak", config.views)
+                else:
+                    views = OnlineViews(backbone, task.train.images, device=device)
+                fit = fit_head(views, task.train.labels, num_classes=task.num_classes, seed=seed, device=device,
+                               progress=progress, **hyper)
+                fitted[(train_key, method)] = fit
+                log(f"{task.name:>22} {method:>8} ({fit.mode}): fitted in {fit.seconds:.1f} s")
+            fit = fitted[(train_key, method)]
+            for domain, test in task.tests.items():
+                acc = fit.accuracy(features(test), test.labels)
+                scores.append(Score(task.name, method, domain, acc, fit.seconds, fit.mode))
+            if task.name == spectrum_task and method in METHODS:
+                f = features(task.tests[task.train_domain])
+                z = f if method == "lp" else _tuned_features(fit, f)
+                tuned[method] = spectrum_metrics(singular_values(z, centering="column"), config.spectrum_top_k)
+    return transfer_dataset(scores, tasks, noise_ratio=noise_ratio, seed=seed, tuned_spectrum=tuned, attrs=attrs)
 
 
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
+def _tuned_features(fit, f: torch.Tensor) -> torch.Tensor:
+    """z = s·h(f) + f of a fitted MLP/NMTune head, in eval mode."""
+    with torch.no_grad():
+        return torch.cat([fit.head.features(chunk.to(fit.device)).cpu() for chunk in f.split(4096)])
+
+
+def _content_key(image_set) -> str:
+    """Identity of a training set by content (the ``real`` rendering equals the original images)."""
+    from .features import images_sha256
+    from .noise import labels_sha256
+
+    return images_sha256(image_set.images) + labels_sha256(image_set.labels)

@@ -1,0 +1,145 @@
+"""Tests of nmtune_lib.features: shapes, eval = plain pre_logits, seeded views, the on-disk cache."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nmtune_lib.augment import random_resized_crop, to_float
+from nmtune_lib.data import ImageSet
+from nmtune_lib.features import AUG_BLOCK, extract_features, view_generator
+from nmtune_lib.models import create_backbone
+
+N = 40
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny convolutions: one intra-op thread is fastest, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)  # only the test seeds globally: timm initialises weights from the global generator
+    return create_backbone("resnet_tiny", num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def images():
+    gen = torch.Generator().manual_seed(0)
+    return ImageSet(torch.randint(0, 256, (N, 1, 28, 28), generator=gen, dtype=torch.uint8),
+                    torch.randint(0, 10, (N,), generator=gen), tuple(str(i) for i in range(10)), "random/test")
+
+
+def count_calls(backbone, monkeypatch) -> list[int]:
+    """Record the batch size of every ``pre_logits`` call."""
+    calls, original = [], backbone.pre_logits
+
+    def counting(x):
+        calls.append(len(x))
+        return original(x)
+
+    monkeypatch.setattr(backbone, "pre_logits", counting)
+    return calls
+
+
+def test_eval_features_are_pre_logits(backbone, images):
+    out = extract_features(backbone, images, batch_size=16, progress=False)
+    assert out.shape == (N, backbone.num_features) and out.dtype == torch.float32
+    with torch.no_grad():
+        expected = backbone.eval().pre_logits(to_float(images.images))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_result_is_an_ordinary_tensor_for_training(backbone, images):
+    out = extract_features(backbone, images, transform="weak", views=2, batch_size=16, progress=False)
+    assert not out.is_inference()
+    head = torch.nn.Linear(out.shape[-1], 3)
+    head(out).sum().backward()  # would raise for an inference tensor
+    assert head.weight.grad is not None
+
+
+def test_backbone_mode_restored(backbone, images):
+    backbone.train()
+    extract_features(backbone, images, batch_size=64, progress=False)
+    assert backbone.training
+    backbone.eval()
+
+
+def test_views_shape_determinism_and_seed(backbone, images):
+    a = extract_features(backbone, images, transform="weak", views=3, seed=7, batch_size=16, progress=False)
+    b = extract_features(backbone, images, transform="weak", views=3, seed=7, batch_size=64, progress=False)
+    c = extract_features(backbone, images, transform="weak", views=3, seed=8, batch_size=16, progress=False)
+    assert a.shape == (N, 3, backbone.num_features)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)  # same seed, other batch size: same views
+    assert not torch.allclose(a, c)  # another seed: other views
+    assert not torch.allclose(a[:, 0], a[:, 1])  # views of one image differ
+    eval_features = extract_features(backbone, images, batch_size=64, progress=False)
+    assert not torch.allclose(a[:, 0], eval_features)
+
+
+def test_view_k_is_the_documented_augmentation(backbone, images):
+    out = extract_features(backbone, images, transform="weak", views=2, seed=3, batch_size=64, progress=False)
+    assert N <= AUG_BLOCK  # one block: view 1 of every image comes from view_generator(3, 1, 0)
+    with torch.no_grad():
+        x = random_resized_crop(to_float(images.images), view_generator(3, 1, 0))
+        expected = backbone.eval().pre_logits(x)
+    torch.testing.assert_close(out[:, 1], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_hit_and_miss(backbone, images, tmp_path, monkeypatch):
+    calls = count_calls(backbone, monkeypatch)
+    first = extract_features(backbone, images, batch_size=16, cache_dir=tmp_path, checkpoint_hash="aaa",
+                             progress=False)
+    assert sum(calls) == N and len(list(tmp_path.glob("*.pt"))) == 1
+    assert not list(tmp_path.glob("*.tmp"))  # atomic write leaves no temp file
+
+    def must_not_run(x):
+        raise AssertionError("the backbone ran although the cache holds these features")
+
+    monkeypatch.setattr(backbone, "pre_logits", must_not_run)
+    second = extract_features(backbone, images, batch_size=16, cache_dir=tmp_path, checkpoint_hash="aaa",
+                              progress=False)
+    assert torch.equal(first, second)
+
+    monkeypatch.undo()
+    calls = count_calls(backbone, monkeypatch)
+    extract_features(backbone, images, batch_size=16, cache_dir=tmp_path, checkpoint_hash="bbb", progress=False)
+    assert sum(calls) == N  # another checkpoint: recomputed, not read
+    extract_features(backbone, images.subset(torch.arange(N // 2)), batch_size=16, cache_dir=tmp_path,
+                     checkpoint_hash="bbb", progress=False)
+    assert sum(calls) == N + N // 2  # a subset under the same name: recomputed
+    extract_features(backbone, images, transform="weak", views=2, seed=0, batch_size=64, cache_dir=tmp_path,
+                     checkpoint_hash="bbb", progress=False)
+    extract_features(backbone, images, transform="weak", views=2, seed=1, batch_size=64, cache_dir=tmp_path,
+                     checkpoint_hash="bbb", progress=False)
+    assert sum(calls) == N + N // 2 + 4 * N  # other transform and other seed: each computed once
+    assert len(list(tmp_path.glob("*.pt"))) == 5
+
+
+def test_cache_without_checkpoint_hash_follows_the_weights(backbone, images, tmp_path, monkeypatch):
+    calls = count_calls(backbone, monkeypatch)
+    extract_features(backbone, images, batch_size=64, cache_dir=tmp_path, progress=False)
+    extract_features(backbone, images, batch_size=64, cache_dir=tmp_path, progress=False)
+    assert sum(calls) == N
+    changed = create_backbone("resnet_tiny", num_classes=10)
+    changed.load_state_dict(backbone.state_dict())
+    with torch.no_grad():
+        changed.net.fc.weight.add_(1.0)
+    changed_calls = count_calls(changed, monkeypatch)
+    extract_features(changed, images, batch_size=64, cache_dir=tmp_path, progress=False)
+    assert sum(changed_calls) == N
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(transform="strong"), "unknown transform"),
+    (dict(transform="eval", views=2), "views"),
+    (dict(transform="weak", views=0), "views"),
+    (dict(batch_size=0), "batch_size"),
+])
+def test_bad_arguments_raise(backbone, images, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        extract_features(backbone, images, progress=False, **kwargs)
