@@ -1,0 +1,130 @@
+"""`nmtune sweep` and `nmtune report` end to end on the smoke preset: notebooks 01-05 under papermill, resume after
+SIGKILL with identical results, parameter validation before any compute, the report index."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from conftest import ROOT, needs_fmnist
+
+pytestmark = [needs_fmnist, pytest.mark.slow]
+NMTUNE = [sys.executable, "-m", "nmtune_lib.sweep"]
+RUNS = ("symmetric-0.00/seed0", "symmetric-0.20/seed0")  # the smoke grid
+
+
+def _sweep(run_root: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*NMTUNE, "sweep", "--preset", "smoke", "--run-root", str(run_root), *extra], cwd=ROOT,
+                          capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    result = _sweep(root, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root
+
+
+def _run(root: Path, run: str) -> Path:
+    return root / "smoke" / "fashion_mnist" / run
+
+
+def test_sweep_runs_every_notebook_for_every_run(smoke_sweep):
+    for run in RUNS:
+        for name in ("01_noise_injection", "02_pretrain", "03_spectrum", "04_transfer"):
+            assert (_run(smoke_sweep, run) / f"{name}.done").exists()
+            assert (_run(smoke_sweep, run) / f"{name}.ipynb").exists()
+    assert (smoke_sweep / "smoke" / "05_summary.done").exists()
+
+
+def test_notebook_02_pretrained_a_backbone_that_learned(smoke_sweep):
+    info = json.loads((_run(smoke_sweep, RUNS[0]) / "pretrain.json").read_text())
+    assert info["final_test_acc"] > 0.4  # 10 classes: chance is 0.1
+
+
+def test_notebook_03_wrote_the_spectrum(smoke_sweep):
+    ds = xr.open_dataset(_run(smoke_sweep, RUNS[1]) / "spectrum.nc", engine="h5netcdf")
+    assert float(ds["noise_ratio"]) == 0.2 and set(ds["centering"].values) >= {"column", "row"}
+    assert np.isfinite(ds["sve"].values).all()
+
+
+def test_notebook_04_wrote_transfer_results_above_chance(smoke_sweep):
+    ds = xr.open_dataset(_run(smoke_sweep, RUNS[0]) / "transfer.nc", engine="h5netcdf")
+    assert set(ds["method"].values) >= {"lp", "mlp", "nmtune"}
+    lp = ds["accuracy"].sel({"method": "lp", "task": "mnist5k", "test_domain": "in_domain"})
+    assert float(lp) > 2 * float(ds["chance"].sel(task="mnist5k"))
+
+
+def test_notebook_05_wrote_the_claims_table(smoke_sweep):
+    claims = json.loads((smoke_sweep / "smoke" / "claims.json").read_text())
+    assert claims and all(c["verdict"] in ("supported", "contradicted", "inconclusive") for c in claims)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    """What must not change when a sweep is resumed: weights, spectra, transfer accuracies."""
+    out = {}
+    for run in RUNS:
+        d = _run(root, run)
+        out[f"{run}/backbone"] = json.loads((d / "pretrain.json").read_text())["checkpoint_sha256"]
+        for name, var in (("spectrum", "singular_values"), ("transfer", "accuracy")):
+            values = xr.open_dataset(d / f"{name}.nc", engine="h5netcdf")[var].values
+            out[f"{run}/{name}"] = hashlib.sha256(np.nan_to_num(values, nan=-1.0).tobytes()).hexdigest()
+    return out
+
+
+def test_resume_after_sigkill_equals_the_uninterrupted_sweep(smoke_sweep, tmp_path):
+    proc = subprocess.Popen([*NMTUNE, "sweep", "--preset", "smoke", "--run-root", str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = _run(tmp_path, RUNS[0]) / "01_noise_injection.done"
+    deadline = time.time() + 300
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), "the sweep never finished its first notebook"
+    time.sleep(3)  # now inside notebook 02 (pre-training)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 60  # the orphaned kernel notices its parent died and exits
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.5)
+        except ProcessLookupError:
+            break
+    assert not (tmp_path / "smoke" / "05_summary.done").exists(), "killed too late: nothing left to resume"
+    result = _sweep(tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert _digest(tmp_path) == _digest(smoke_sweep)
+
+
+def test_unknown_parameter_and_bad_values_are_rejected_before_anything_runs(tmp_path):
+    bad_param = _sweep(tmp_path, "--param", "epochz=3", timeout=120)
+    assert bad_param.returncode == 2 and "epochz" in bad_param.stderr and "valid --param names" in bad_param.stderr
+    bad_key = _sweep(tmp_path, "--set", "epochz=3", timeout=120)
+    assert bad_key.returncode == 2 and "did you mean 'epochs'" in bad_key.stderr
+    bad_value = _sweep(tmp_path, "--set", "epochs=0", timeout=120)
+    assert bad_value.returncode == 2 and "epochs=0" in bad_value.stderr
+    bad_ratio = _sweep(tmp_path, "--noise-ratios", "0.0", "1.5", timeout=120)
+    assert bad_ratio.returncode == 2 and "noise_ratios" in bad_ratio.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written before validation passes"
+
+
+def test_report_index_links_every_rendered_notebook(smoke_sweep, tmp_path):
+    result = subprocess.run([*NMTUNE, "report", "--preset", "smoke", "--run-root", str(smoke_sweep), "--out",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    index = (tmp_path / "smoke" / "index.html").read_text()
+    pages = sorted(p.name for p in (tmp_path / "smoke").glob("*.html") if p.name != "index.html")
+    assert len(pages) == 1 + 4 * len(RUNS)  # the summary and four notebooks per run (seed 0)
+    for page in pages:
+        assert f'href="{page}"' in index
+        if page.endswith(("01_noise_injection.html", "02_pretrain.html", "05_summary.html")):
+            assert "data:image/png;base64" in (tmp_path / "smoke" / page).read_text()  # figures embedded
+    assert "<table>" in index and any(v in index for v in ("supported", "inconclusive", "contradicted"))
