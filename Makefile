@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 PRESET ?= default
-JOBS   ?= 1
+JOBS   ?= 2
 
 .PHONY: study test setup data sweep report bench clean-runs
 
