@@ -27,6 +27,7 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 RUN_NOTEBOOKS = ("01_noise_injection", "02_pretrain", "03_spectrum", "04_transfer")
 SUMMARY_NOTEBOOK = "05_summary"
 MANAGED = ("preset", "dataset", "noise_ratio", "noise_kind", "seed", "run_root", "progress", "overrides")
+# ``ablation`` is also set by the sweep (first seed only) unless given with --set or --param
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def plan(config: StudyConfig, overrides: dict[str, Any], extra: dict[str, Any] |
             values = dict(preset=config.preset, dataset=config.dataset, noise_ratio=ratio, noise_kind=config.noise_kind,
                           seed=seed, run_root=config.run_root, progress=False, overrides=json.dumps(overrides),
                           **extra)
+            if "ablation" not in overrides and "ablation" not in extra:  # the ablation needs one seed, not all
+                values["ablation"] = bool(config.ablation and seed == config.seeds[0])
             parameters = {name: {k: v for k, v in values.items() if k in declared[name]} for name in RUN_NOTEBOOKS}
             runs.append(RunSpec(ratio, seed, config.run_dir(ratio, seed), parameters))
     return runs
@@ -123,7 +126,7 @@ def _run_chain(run: RunSpec, threads: int) -> dict[str, Any]:
     """Worker: notebooks 01–04 of one run in order; stops the chain at the first failing notebook."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NMTUNE_NUM_THREADS"):
         os.environ[var] = str(threads)
-    result: dict[str, Any] = {"run_dir": str(run.run_dir), "seconds": {}, "error": None}
+    result: dict[str, Any] = {"run_dir": str(run.run_dir), "seconds": {}, "skipped": [], "error": None}
     for name in RUN_NOTEBOOKS:
         try:
             done = execute(name, run.run_dir, run.parameters[name])
@@ -132,7 +135,10 @@ def _run_chain(run: RunSpec, threads: int) -> dict[str, Any]:
             result["error"] = (f"{name} failed (cell [{cell}]: {getattr(err, 'ename', type(err).__name__)}: "
                                f"{getattr(err, 'evalue', err)}); partial notebook: {run.run_dir / (name + '.ipynb')}")
             break
-        result["seconds"][name] = 0.0 if done.get("skipped") else done["seconds"]
+        if done.get("skipped"):
+            result["skipped"].append(name)
+        else:
+            result["seconds"][name] = done["seconds"]
     return result
 
 
@@ -149,6 +155,7 @@ def sweep(config: StudyConfig, overrides: dict[str, Any], *, jobs: int = 1, summ
     threads = max(1, cores // jobs)
     failures: list[str] = []
     timings: dict[str, float] = {}
+    skipped: dict[str, int] = {}
     bar = tqdm(total=len(runs), desc=f"sweep {config.preset}", unit="run", file=sys.stdout)
     if jobs == 1:
         results = (_run_chain(run, threads) for run in runs)
@@ -161,6 +168,8 @@ def sweep(config: StudyConfig, overrides: dict[str, Any], *, jobs: int = 1, summ
             bar.update(1)
             for name, seconds in result["seconds"].items():
                 timings[name] = timings.get(name, 0.0) + seconds
+            for name in result["skipped"]:
+                skipped[name] = skipped.get(name, 0) + 1
             if result["error"]:
                 failures.append(result["error"])
                 tqdm.write(f"FAILED {result['run_dir']}: {result['error']}", file=sys.stdout)
@@ -171,12 +180,17 @@ def sweep(config: StudyConfig, overrides: dict[str, Any], *, jobs: int = 1, summ
     if summary and not failures:
         try:
             done = execute(SUMMARY_NOTEBOOK, config.preset_dir(), summary_parameters(config, overrides))
-            timings[SUMMARY_NOTEBOOK] = 0.0 if done.get("skipped") else done["seconds"]
+            if done.get("skipped"):
+                skipped[SUMMARY_NOTEBOOK] = 1
+            else:
+                timings[SUMMARY_NOTEBOOK] = done["seconds"]
         except Exception as err:
             failures.append(f"{SUMMARY_NOTEBOOK} failed: {err}; partial notebook: "
                             f"{config.preset_dir() / (SUMMARY_NOTEBOOK + '.ipynb')}")
     print("seconds per notebook (this invocation, all runs): " +
-          ", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())))
+          (", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())) or "none run"))
+    if skipped:
+        print("skipped (already complete): " + ", ".join(f"{k} ×{v}" for k, v in sorted(skipped.items())))
     if failures:
         print(f"{len(failures)} failure(s):\n  " + "\n  ".join(failures), file=sys.stderr)
     return len(failures)
