@@ -1,4 +1,6 @@
 # The study's two commands: `make study` and `make test`. Both set up everything they need.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -22,7 +24,7 @@ setup: $(STAMP)
 # The kernelspec goes into the venv (--sys-prefix), never into the user's home.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | sed '/is ignored: it is neither a file nor a directory/d'
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nmtune-study)" >/dev/null
 	touch $(STAMP)
 

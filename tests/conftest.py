@@ -19,6 +19,18 @@ needs_fmnist = pytest.mark.skipif(
            "install Debian's dataset-fashion-mnist (make data does it as root)")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Single-threaded torch for a test module: its ops are tiny, and on a shared 2-core machine OpenMP threads that
+    wait on each other make them tens of times slower. The caller's setting is restored."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def run_notebook(name: str, out_dir: Path, **parameters):
     """Execute notebooks/<name>.ipynb with papermill (kernel python3 from this venv) and return the output path."""
     import papermill as pm

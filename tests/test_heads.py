@@ -20,14 +20,7 @@ from nmtune_lib.heads import (CachedViews, FeatureViews, LinearProbe, MLPHead, N
 from nmtune_lib.losses import PARTS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded torch: these ops are tiny, and on a shared 2-core machine OpenMP threads that wait on each
-    other make them tens of times slower. The caller's setting is restored."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class PixelBackbone(nn.Module):

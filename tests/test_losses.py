@@ -12,14 +12,7 @@ from nmtune_lib.losses import (PARTS, consistency_loss, covariance_loss, dominan
                                off_diagonal)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded torch: these ops are tiny, and on a shared 2-core machine OpenMP threads that wait on each
-    other make them tens of times slower. The caller's setting is restored."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randn(*shape, seed=0):
