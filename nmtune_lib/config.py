@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Sequence, get_type_hints
 
 NOISE_KINDS = ("symmetric", "asymmetric", "instance")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -150,6 +150,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         compile=True, head_mode="online", views=8, feature_batch_size=4096,
     ),
 }
+
+
+def parse_assignments(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["epochs=1", "lr=0.1"]`` → ``{"epochs": 1, "lr": 0.1}`` (values parsed as JSON where possible, else kept as
+    strings); the command lines' ``--set`` / ``--param``. Validation of the keys is the caller's."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"{pair!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 # --- validation helpers ---------------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ import torch.nn.functional as F
 from .augment import random_crop_flip, to_float
 from .files import atomic_torch_save, atomic_write_json, atomic_write_text
 from .models import Backbone, create_backbone, file_sha256, resolve_device
+from .results import save_dataset
 
 # The recipe's fixed parts (the rest is in StudyConfig); part of every run's identity (``run_key``).
 PAD = 1  # translation range in pixels: ±1 px beat ±2 px on 28 px Fashion-MNIST (89.9 vs 88.9 %, docstring table)
@@ -479,7 +480,7 @@ def _finish(config, backbone: Backbone, state: dict[str, Any], out_dir: Path, *,
         noise_ratio=float(noisy.ratio), noise_kind=str(getattr(noisy, "kind", config.noise_kind)), seed=int(seed),
         config=config.to_dict(), run_key=key, model=meta, device=_device_name(device), num_threads=threads,
         world_size=world, versions=_versions())
-    write_netcdf(history_dataset(history, summary), out_dir / HISTORY_NC)
+    save_dataset(history_dataset(history, summary), out_dir / HISTORY_NC)
     summary["seconds"] = round(seconds_before + time.perf_counter() - start_wall, 3)
     atomic_write_json(out_dir / SUMMARY, summary)
     _say(config, f"{out_dir}: clean test acc {summary['final_test_acc']:.4f} in {summary['seconds']:.1f} s "
@@ -519,17 +520,6 @@ def history_dataset(history: list[dict[str, Any]], summary: dict[str, Any] | Non
                         noise_kind=summary["noise_kind"], device=summary["device"],
                         versions=json.dumps(summary["versions"]), memo_samples=MEMO_SAMPLES)
     return ds
-
-
-def write_netcdf(ds, path: Path) -> Path:
-    """``ds.to_netcdf`` (h5netcdf) into a temp file beside ``path``, then an atomic rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def load_history(run_dir: str | os.PathLike):
@@ -665,7 +655,7 @@ def _say(config, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m nmtune_lib.pretrain --preset P --noise-ratio R --seed K [--set key=value ...]``, torchrun-ready."""
-    from .config import StudyConfig
+    from .config import StudyConfig, parse_assignments
     from .data import pretraining_data
     from .noise import noisy_labels_for_run
 
@@ -682,14 +672,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in dict(dataset=args.dataset, noise_kind=args.noise_kind, device=args.device,
                                        run_root=args.run_root, progress=args.progress).items() if v is not None}
-    for pair in args.set:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            parser.error(f"--set {pair!r}: expected KEY=VALUE")
-        try:
-            overrides[name] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[name] = value
+    try:
+        overrides.update(parse_assignments(args.set))
+    except ValueError as err:
+        parser.error(f"--set {err}")
     config = StudyConfig.from_preset(args.preset, noise_ratios=[args.noise_ratio], seeds=[args.seed], **overrides)
     run_dir = config.run_dir(args.noise_ratio, args.seed)
     dist = _Dist(_device_for(config).type)  # the group must exist before rank 0 writes the manifest

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import StudyConfig
+from .config import StudyConfig, parse_assignments
 from .files import atomic_write, atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,20 +45,6 @@ def notebook_parameters(name: str) -> dict[str, Any]:
     import papermill as pm
 
     return pm.inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"))
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["epochs=1", "lr=0.1"]`` → a dict of StudyConfig overrides (values parsed as JSON where possible)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"{pair!r}: expected KEY=VALUE")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def plan(config: StudyConfig, overrides: dict[str, Any], extra: dict[str, Any] | None = None) -> list[RunSpec]:
@@ -312,8 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sweep":
             if args.jobs < 1:
                 raise ValueError(f"--jobs {args.jobs}: expected an integer >= 1")
-            return 1 if sweep(config, parse_overrides(args.overrides), jobs=args.jobs, summary=not args.no_summary,
-                              extra=parse_overrides(args.params)) else 0
+            return 1 if sweep(config, parse_assignments(args.overrides), jobs=args.jobs, summary=not args.no_summary,
+                              extra=parse_assignments(args.params)) else 0
         index = report(config, Path(args.out), all_seeds=args.all_seeds)
         print(f"report: {index}")
         return 0
