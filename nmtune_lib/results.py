@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from .files import atomic_target
 
 ENGINE = "h5netcdf"
 
@@ -112,17 +113,9 @@ def save_dataset(ds: xr.Dataset, path: str | os.PathLike) -> Path:
 
     Attributes are sanitised first (``sanitize_attrs``); ``ds`` itself is left unchanged.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         _writable(ds).to_netcdf(tmp, engine=ENGINE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_dataset(path: str | os.PathLike) -> xr.Dataset:
