@@ -6,6 +6,8 @@ batch's, which keeps CPU runs bit-identical whatever the batch device.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -46,12 +48,14 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, *, padding: in
     return random_flip(x, generator) if flip else x
 
 
-def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *, scale: tuple[float, float] = (0.35, 1.0),
+def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *, scale: tuple[float, float] = (0.8, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
-    """The weak view augmentation of NMTune (PAPER.md §6): a random-resized crop (area fraction in ``scale``, aspect
-    ratio in ``ratio``, log-uniform) resampled bilinearly to the input size, then a horizontal flip.
+    """The weak view augmentation of NMTune: a random-resized crop (area fraction in ``scale``, aspect ratio in
+    ``ratio``, log-uniform) resampled bilinearly to the input size, then (``flip``) a horizontal flip.
 
-    Implemented as one batched affine ``grid_sample``; crops are clipped to lie inside the image.
+    The defaults are the reference code's view transform for timm models (docs/paper.md, "Views"): scale (0.8, 1.0),
+    torchvision's ratio range and a flip. Implemented as one batched affine ``grid_sample``; crops are clipped to lie
+    inside the image.
     """
     n = len(x)
     area = scale[0] + (scale[1] - scale[0]) * _rand(n, generator, x.device)
@@ -66,3 +70,24 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *, scale: t
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return random_flip(out, generator) if flip else out
+
+
+@dataclass(frozen=True)
+class ViewAugment:
+    """The view augmentation of one downstream task as a value: ``random_resized_crop`` with these settings.
+
+    ``flip`` is decided per task (``Task.flip``): a mirrored digit is another glyph, so digit tasks do not flip.
+    ``name`` spells every setting; it enters the feature-cache key and the results.
+    """
+
+    scale: tuple[float, float] = (0.8, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+
+    @property
+    def name(self) -> str:
+        return (f"weak_s{self.scale[0]:g}-{self.scale[1]:g}_r{self.ratio[0]:.3g}-{self.ratio[1]:.3g}"
+                f"_{'flip' if self.flip else 'noflip'}")
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return random_resized_crop(x, generator, scale=tuple(self.scale), ratio=tuple(self.ratio), flip=self.flip)

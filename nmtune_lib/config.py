@@ -20,13 +20,15 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 HEAD_MODES = ("cached", "online")
 CENTERINGS = ("column", "row", "none")
 METHODS = ("lp", "mlp", "nmtune")
+PROTOCOLS = ("reference", "matched")  # docs/paper.md "Two protocols for claim 4"
+ROBUSTNESS_FIELDS = ("head_epochs", "views", "head_mode")  # head settings a robustness variant may change
 
 
 @dataclass(frozen=True)
 class StudyConfig:
     """Every knob of the study; a preset fills them, overrides change a few.
 
-    Sections: grid (what is swept), pre-training, feature analysis, head tuning (PAPER.md §4/§6), runtime.
+    Sections: grid (what is swept), pre-training, feature analysis, head tuning (docs/paper.md §4/§6), runtime.
     """
 
     preset: str = "default"
@@ -34,7 +36,7 @@ class StudyConfig:
     dataset: str = "fashion_mnist"  # pre-training dataset (a name known to nmtune_lib.data)
     noise_ratios: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3)  # fractions of training labels flipped
     noise_kind: str = "symmetric"  # one of NOISE_KINDS
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # >= 5: a verdict must not hinge on one lucky t-interval
     # --- pre-training ---------------------------------------------------------------------------------------
     model: str = "resnet_tiny"  # a timm model name (our small ResNets are registered with timm; see models.py)
     small_stem: bool = False  # 3x3 stride-1 stem without max-pool for 28-32 px images
@@ -52,8 +54,11 @@ class StudyConfig:
     spectrum_samples: int = 0  # 0 = all samples of that split
     spectrum_top_k: int = 5
     feature_batch_size: int = 1024
-    # --- head tuning (PAPER.md §4, §6) ----------------------------------------------------------------------
+    # --- head tuning (docs/paper.md: protocols, NMTune) ------------------------------------------------------
     methods: tuple[str, ...] = METHODS
+    protocols: tuple[str, ...] = PROTOCOLS  # "reference" (the reference code) and/or "matched" (a fair comparison)
+    lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # matched protocol: candidate learning rates of every head
+    holdout_fraction: float = 0.1  # matched protocol: share of a head's training set held out to pick its lr
     head_epochs: int = 30
     head_batch_size: int = 64
     lp_lr: float = 1e-2
@@ -64,9 +69,15 @@ class StudyConfig:
     w_svd: float = 0.001  # dominant-singular-value weight
     svd_top_k: int = 5
     views: int = 4  # K augmented views cached per training image ("cached" mode)
+    view_crop_scale: tuple[float, ...] = (0.8, 1.0)  # random-resized-crop area range of the views (reference code)
+    view_crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)  # its aspect-ratio range (torchvision's default)
     head_mode: str = "cached"  # "cached" K-view features or "online" re-encoding through the backbone
     task_subset: int = 0  # 0 = every downstream training sample; >0 = at most this many per task (smoke)
-    ablation: bool = True  # notebook 04 also runs each regulariser alone and left out
+    ablation: bool = True  # notebook 04 also runs each regulariser alone and left out, and the sensitivity
+    ablation_task: str = "fmnist_domains_real"  # the task of the ablation and the regulariser sensitivity
+    reg_scales: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)  # sensitivity: the three weights scaled together
+    single_lambda: float = 0.01  # sensitivity: one weight on all three terms (docs/paper.md); 0 = skip
+    robustness: tuple[str, ...] = ("head_epochs=10", "views=8")  # head settings also run, one KEY=VALUE each
     # --- runtime --------------------------------------------------------------------------------------------
     device: str = "auto"
     num_threads: int = 0  # 0 = all cores
@@ -138,12 +149,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a laptop CPU: a tiny subset and network; for tests and a first look.
     "smoke": dict(
         noise_ratios=(0.0, 0.2), seeds=(0,), model="resnet_tiny", train_subset=2000, epochs=2, batch_size=64,
-        lr=0.2, spectrum_samples=1000, head_epochs=2, views=2, task_subset=400, ablation=False, progress=False,
+        lr=0.2, spectrum_samples=1000, head_epochs=2, views=2, task_subset=400, progress=False,
+        lr_grid=(1e-3, 1e-2), reg_scales=(1.0, 10.0), robustness=("head_epochs=1",),
     ),
-    # The embedded study on a 2-core CPU: 5 noise ratios x 3 seeds within the `make study` budget (30 min). Measured
-    # cost per run (one core): pre-training ~45 s, heads ~3x the pre-training at the paper's 30 head epochs; hence 10
-    # head epochs here (the paper's schedule shape, per-step cosine, kept), and the ablation on the first seed only.
-    "default": dict(head_epochs=10),
+    # The embedded study on a 2-core CPU: the paper's head protocol (30 epochs) on 5 noise ratios x 5 seeds.
+    "default": dict(),
     # The paper's grid on one or more GPUs: a ResNet-18 with a small-image stem, longer schedule.
     "paper": dict(
         model="resnet18", small_stem=True, img_size=32, epochs=30, batch_size=512, lr=0.4, device="cuda",
@@ -273,7 +283,28 @@ def _check_values(cfg: StudyConfig) -> None:
          f"a non-empty list drawn from {', '.join(METHODS)}")
     need(cfg.views >= 2, "views", "an integer >= 2 (NMTune draws two different views per step)")
     need(cfg.head_mode in HEAD_MODES, "head_mode", f"one of {', '.join(HEAD_MODES)}")
+    need(len(cfg.protocols) > 0 and all(p in PROTOCOLS for p in cfg.protocols)
+         and len(set(cfg.protocols)) == len(cfg.protocols), "protocols",
+         f"a non-empty list of distinct names from {', '.join(PROTOCOLS)}")
+    need(len(cfg.lr_grid) > 0 and all(lr > 0 for lr in cfg.lr_grid), "lr_grid", "a non-empty list of floats > 0")
+    need(0.0 < cfg.holdout_fraction < 0.5, "holdout_fraction", "a fraction in (0, 0.5)")
+    need(len(cfg.view_crop_scale) == 2 and 0 < cfg.view_crop_scale[0] <= cfg.view_crop_scale[1] <= 1,
+         "view_crop_scale", "two area fractions (low, high) with 0 < low <= high <= 1")
+    need(len(cfg.view_crop_ratio) == 2 and 0 < cfg.view_crop_ratio[0] <= cfg.view_crop_ratio[1], "view_crop_ratio",
+         "two aspect ratios (low, high) with 0 < low <= high")
+    need(len(cfg.reg_scales) > 0 and all(s >= 0 for s in cfg.reg_scales), "reg_scales",
+         "a non-empty list of floats >= 0")
+    need(cfg.single_lambda >= 0, "single_lambda", "a float >= 0 (0 = skip the single-lambda variant)")
     need(cfg.task_subset >= 0, "task_subset", "0 (all) or a positive sample count")
     need(cfg.device in DEVICES or cfg.device.startswith("cuda:"), "device", f"one of {', '.join(DEVICES)} or 'cuda:N'")
     need(cfg.num_threads >= 0, "num_threads", "0 (all cores) or a positive thread count")
     need(bool(cfg.run_root), "run_root", "a non-empty path")
+    # last: a robustness setting is checked by building the changed config, so every other field must be valid
+    for setting in cfg.robustness:
+        try:
+            changes = parse_assignments([setting])
+            StudyConfig(**{**cfg.to_dict(), "robustness": (), **changes})
+            ok = set(changes) <= set(ROBUSTNESS_FIELDS)
+        except (ValueError, TypeError):
+            ok = False
+        need(ok, "robustness", f"KEY=VALUE settings with a valid value, KEY one of {', '.join(ROBUSTNESS_FIELDS)}")

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .augment import random_crop_flip, random_resized_crop, to_float
+from .augment import ViewAugment, random_crop_flip, to_float
 from .files import atomic_torch_save
 from .models import resolve_device
 
 # name → augmentation (float N×C×H×W in [0, 1], generator) → same shape; None = no augmentation.
 TRANSFORMS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None] = {
     "eval": None,
-    "weak": random_resized_crop,  # NMTune's weak view: random-resized crop + horizontal flip (PAPER.md §6)
+    "weak": ViewAugment(),  # NMTune's weak view, reference settings; a task passes its own ViewAugment instead
     "crop_flip": random_crop_flip,  # the pre-training augmentation: padded random crop + horizontal flip
 }
 AUG_BLOCK = 256  # images per augmentation draw; part of the cache key because it fixes which crop each image gets
@@ -56,12 +56,25 @@ def state_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def feature_cache_key(image_set, *, checkpoint_hash: str, transform: str, views: int, seed: int) -> dict[str, Any]:
+def resolve_transform(transform: str | ViewAugment) -> tuple[str, Callable | None]:
+    """(name, augmentation) of a transform given by name (``TRANSFORMS``) or as a ``ViewAugment`` value; the name
+    spells a ``ViewAugment``'s settings, so views of other crop ranges or flips never share a cache file."""
+    if isinstance(transform, ViewAugment):
+        return transform.name, transform
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; accepted: {', '.join(TRANSFORMS)} or a ViewAugment")
+    augment = TRANSFORMS[transform]
+    return (augment.name if isinstance(augment, ViewAugment) else transform), augment
+
+
+def feature_cache_key(image_set, *, checkpoint_hash: str, transform: str | ViewAugment, views: int,
+                      seed: int) -> dict[str, Any]:
     """What a cached feature file depends on; its sha256 names the file and it is checked again on reading."""
+    name, augment = resolve_transform(transform)
     key = {"version": CACHE_VERSION, "checkpoint": checkpoint_hash, "dataset": image_set.name,
-           "num_images": len(image_set), "images_sha256": images_sha256(image_set.images), "transform": transform,
+           "num_images": len(image_set), "images_sha256": images_sha256(image_set.images), "transform": name,
            "views": views}
-    if TRANSFORMS[transform] is not None:  # eval features do not depend on the seed: share one file
+    if augment is not None:  # eval features do not depend on the seed: share one file
         key.update(seed=seed, aug_block=AUG_BLOCK)
     return key
 
@@ -93,14 +106,15 @@ def view_generator(seed: int, view: int, block: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def extract_features(backbone, image_set, *, transform: str = "eval", views: int = 1, seed: int = 0,
+def extract_features(backbone, image_set, *, transform: str | ViewAugment = "eval", views: int = 1, seed: int = 0,
                      device: str | torch.device = "cpu", batch_size: int = 1024,
                      cache_dir: str | os.PathLike | None = None, checkpoint_hash: str | None = None,
                      progress: bool = True) -> torch.Tensor:
     """Frozen features ``backbone.pre_logits`` of ``image_set`` (uint8 N×C×H×W images, fed as floats in [0, 1]).
 
     Returns float32 on the CPU: N×D for ``transform="eval"`` (``views`` must be 1), N×K×D with K = ``views`` for an
-    augmenting transform (``"weak"``: random-resized crop + flip; ``"crop_flip"``: padded crop + flip), view k of
+    augmenting transform (``"weak"`` or a ``ViewAugment``: random-resized crop [+ flip]; ``"crop_flip"``: padded
+    crop + flip), view k of
     image n drawn from ``view_generator(seed, k, n // AUG_BLOCK)``. Runs under ``torch.inference_mode()`` with the
     backbone moved to ``device`` ("auto" resolves) in eval mode (its train/eval mode is restored afterwards); the
     result is an ordinary tensor, usable as the input of a trained head.
@@ -108,9 +122,8 @@ def extract_features(backbone, image_set, *, transform: str = "eval", views: int
     ``cache_dir``: read the cached result if present, else compute and write it. ``checkpoint_hash`` names the
     weights (e.g. ``pretrain.json``'s ``checkpoint_sha256``); None hashes the backbone's state dict instead.
     """
-    if transform not in TRANSFORMS:
-        raise ValueError(f"unknown transform {transform!r}; accepted: {', '.join(TRANSFORMS)}")
-    if views < 1 or (transform == "eval" and views != 1):
+    name, augment = resolve_transform(transform)
+    if views < 1 or (augment is None and views != 1):
         raise ValueError(f"views={views}: expected 1 for transform 'eval' (no augmentation) and >= 1 otherwise")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -129,11 +142,11 @@ def extract_features(backbone, image_set, *, transform: str = "eval", views: int
     was_training = backbone.training
     backbone.eval().to(device)
     try:
-        features = _extract(backbone, image_set, TRANSFORMS[transform], views, seed, device, batch_size, progress,
-                            desc=f"features {image_set.name} [{transform}×{views}]")
+        features = _extract(backbone, image_set, augment, views, seed, device, batch_size, progress,
+                            desc=f"features {image_set.name} [{name}×{views}]")
     finally:
         backbone.train(was_training)
-    features = features[:, 0].contiguous() if transform == "eval" else features
+    features = features[:, 0].contiguous() if augment is None else features
     if path is not None:
         atomic_torch_save(path, {"key": key, "features": features})
     return features

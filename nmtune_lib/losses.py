@@ -1,4 +1,4 @@
-"""NMTune's loss terms (PAPER.md §6): consistency, covariance and dominant singular values, summed in one place.
+"""NMTune's loss terms (docs/paper.md §6): consistency, covariance and dominant singular values, summed in one place.
 
 Shapes: B images per step, each in two augmented views w and s, stacked as 2B rows ``[view w; view s]``; D the
 feature width. ``f`` are the frozen backbone's features, ``z`` the head's features (``z = s ⊙ h(f) + f``).

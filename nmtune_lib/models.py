@@ -3,7 +3,7 @@
 ``create_backbone`` builds a timm model by name and wraps it in ``Backbone``, which owns the input convention
 (float images in [0, 1], N×C×H×W, normalised inside; channel count and size adapted to what the network was built for)
 so that downstream tasks with other image sizes or channel counts can be fed as they are. Frozen features are the timm
-pre-logit vector: ``forward_features`` then ``forward_head(pre_logits=True)`` (PAPER.md §3), of width
+pre-logit vector: ``forward_features`` then ``forward_head(pre_logits=True)`` (docs/paper.md §3), of width
 ``Backbone.num_features`` (D).
 
 Stems. A timm ResNet's stem (7×7 stride-2 conv + 3×3 stride-2 max-pool) shrinks a 28 px image to 7 px before the

@@ -1,4 +1,4 @@
-"""Label-noise injection for pre-training (PAPER.md §2): exact-count, seeded flips and caption swaps, with manifests.
+"""Label-noise injection for pre-training (docs/paper.md §2): exact-count, seeded flips and caption swaps, with manifests.
 
 Convention (as in cleanlab): the realised ``transition`` matrix is C×C *counts* with rows = the clean (true) class and
 columns = the noisy (given) class, so ``transition[i, j]`` training samples of true class i carry label j; row i sums
@@ -161,7 +161,7 @@ def inject_label_noise(labels: torch.Tensor | np.ndarray | Sequence[int], ratio:
 
 
 def swap_captions(captions: Sequence[Any], ratio: float, seed: int = 0) -> tuple[list[Any], np.ndarray]:
-    """Image–text noise (PAPER.md §2): derange a random subset of ``round(ratio · N)`` captions.
+    """Image–text noise (docs/paper.md §2): derange a random subset of ``round(ratio · N)`` captions.
 
     Returns the new caption list and a bool mask of the samples whose caption is now another sample's. The subset is
     permuted by Sattolo's algorithm (a single cycle), which has no fixed points, so exactly that many captions are

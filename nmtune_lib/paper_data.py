@@ -6,7 +6,7 @@ Nothing here downloads unless ``download=True`` is passed to ``load_paper_datase
 ``classes``, ``targets`` and ``name``; ``to_image_set`` turns one (or a seeded subset of one) into the in-memory
 ``nmtune_lib.data.ImageSet`` so the in-memory pipeline runs on it.
 
-The 14 in-domain datasets of PAPER.md §4 (``PAPER_ID_DATASETS``; C = number of classes; the on-disk folder is
+The 14 in-domain datasets of docs/paper.md §4 (``PAPER_ID_DATASETS``; C = number of classes; the on-disk folder is
 relative to ``root``):
 
 ============== ========================= =========================================== ==== =============== ==================================
@@ -58,7 +58,7 @@ from nmtune_lib.data import ImageSet, stratified_subset
 SPLITS = ("train", "test")
 SPLIT_SEED = 0  # fixed: the seeded splits below are part of the dataset definitions
 DOMAINNET_DOMAINS = ("real", "sketch", "painting", "clipart", "quickdraw", "infograph")
-DOMAINNET_OOD_DOMAINS = ("real", "sketch", "painting", "clipart")  # PAPER.md §4: the four used for OOD
+DOMAINNET_OOD_DOMAINS = ("real", "sketch", "painting", "clipart")  # docs/paper.md §4: the four used for OOD
 DOMAINNET_URL = "https://ai.bu.edu/M3SDA/"
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 

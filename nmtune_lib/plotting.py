@@ -232,3 +232,44 @@ def methods_by_task(transfer: xr.Dataset) -> plt.Figure:
     grid = sns.catplot(frame, kind="bar", x="accuracy (%)", y="task / test domain", hue="method", col="noise",
                        height=4.5, aspect=0.7, hue_order=methods, orient="h")
     return grid.figure
+
+
+def decomposition(decomp: pd.DataFrame) -> plt.Figure:
+    """Claim 4 decomposed (``summary.decomposition``): NMTune − LP, MLP − LP and NMTune − MLP in points, mean over
+    noise ratios ± 95% CI over seeds, one panel for the ID mean and one for the OOD mean, bars per protocol."""
+    terms = ["nmtune-lp", "mlp-lp", "nmtune-mlp"]
+    frame = decomp[decomp["noise_ratio"] == "all"]
+    protocols = list(dict.fromkeys(frame["protocol"]))
+    colours = sns.color_palette(n_colors=len(protocols))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained", sharey=True)
+    width = 0.8 / max(1, len(protocols))
+    for ax, which in zip(axes, ("ID", "OOD")):
+        for i, protocol in enumerate(protocols):
+            part = frame[(frame["protocol"] == protocol) & (frame["mean_of"] == which)].set_index("term").loc[terms]
+            x = np.arange(len(terms)) + (i - (len(protocols) - 1) / 2) * width
+            ax.bar(x, part["mean_points"], width, yerr=part["half_width_points"].fillna(0), capsize=3,
+                   color=colours[i], label=protocol)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(np.arange(len(terms)), ["NMTune − LP", "MLP − LP\n(head capacity)", "NMTune − MLP\n(regularisers)"])
+        ax.set(title=f"{which} mean, averaged over noise ratios", ylabel="difference (points)")
+        ax.legend(title="protocol")
+    return fig
+
+
+def sensitivity(sens: pd.DataFrame) -> plt.Figure:
+    """NMTune − MLP (points, mean ± 95% CI over seeds) vs pre-training noise for every regulariser scale, on the
+    ablation task's training domain and OOD mean (``summary.sensitivity``)."""
+    frame = sens[sens["noise_ratio"] != "slope/10%"].assign(noise=lambda f: f["noise_ratio"].astype(float))
+    variants = list(dict.fromkeys(frame["variant"]))
+    colours = dict(zip(variants, sns.color_palette("viridis", n_colors=len(variants))))
+    metrics = list(dict.fromkeys(frame["metric"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), layout="constrained", squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for name in variants:
+            part = frame[(frame["metric"] == metric) & (frame["variant"] == name)].sort_values("noise")
+            ax.errorbar(part["noise"] * 100, part["mean_points"], yerr=part["half_width_points"].fillna(0),
+                        marker="o", capsize=3, color=colours[name], label=name)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set(xlabel="pre-training label noise (%)", ylabel="NMTune − MLP (points)", title=metric.replace("_", " "))
+    axes[0][-1].legend(title="variant", fontsize="small")
+    return fig

@@ -1,4 +1,4 @@
-"""Singular-value spectrum of a frozen feature matrix and its scalar summaries (PAPER.md §5).
+"""Singular-value spectrum of a frozen feature matrix and its scalar summaries (docs/paper.md §5).
 
 Pipeline for F ∈ R^{N×D} (N samples, D feature dimension):
 
@@ -212,7 +212,7 @@ def spectrum_dataset(features: Mapping[str, Any], *, noise_ratio: float, seed: i
                       {"long_name": "index i of σ_i, descending (1 = largest)"}),
     }
     attrs = {
-        "title": "singular-value spectrum of frozen pre-logit features (PAPER.md §5)",
+        "title": "singular-value spectrum of frozen pre-logit features (docs/paper.md §5)",
         **provenance_attrs(config, checkpoint_sha256=checkpoint_sha256, manifest_sha256=manifest_sha256),
         "l2_normalize": int(bool(l2_normalize)),
         "top_k": int(top_k),

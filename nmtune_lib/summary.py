@@ -1,14 +1,19 @@
 """The study's verdicts: aggregate every run of a preset, compute ID/OOD means with confidence intervals over seeds,
-and judge each claim of PAPER.md §1 by a rule stated in words.
+and judge each claim of the paper (docs/paper.md, "Claims") by a rule stated in words.
 
 Every effect is computed *per seed* (a paired comparison: the same seed fixes the pre-training data order and the
 head's initialisation across noise ratios and methods), then summarised as the mean over seeds ± the half-width of a
 two-sided 95% Student-t interval. A claim is **supported** when the whole interval lies on the claimed side of zero,
 **contradicted** when it lies wholly on the other side, and **inconclusive** otherwise (including with one seed).
+
+Claim 4 is judged under each protocol (reference, matched) and split into head capacity and regularisers:
+NMTune − LP = (MLP − LP) + (NMTune − MLP) (``decomposition``). ``sensitivity`` gives NMTune − MLP per regulariser
+scale and noise ratio; ``robustness`` the verdict of every claim under every setting and protocol; ``stability``
+how often a verdict survives a bootstrap over seeds (a proxy for a rerun on another machine).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +35,10 @@ class Claim:
     mean: float
     half_width: float
     n_seeds: int
+    sign: int = 1  # the claimed sign of the effect
+    per_seed: tuple[float, ...] = ()  # the paired effect of every seed, in the effect's unit
+    protocol: str = ""
+    setting: str = ""
 
 
 def load_results(config, name: str) -> xr.Dataset:
@@ -45,7 +54,7 @@ def load_results(config, name: str) -> xr.Dataset:
 def id_ood_means(transfer: xr.Dataset, *, include_train_domain: bool = False) -> xr.Dataset:
     """ID mean and OOD mean accuracy (noise_ratio, seed, method).
 
-    ID mean: plain mean over ID tasks of their in-domain test accuracy (PAPER.md §4). OOD mean: for each OOD task,
+    ID mean: plain mean over ID tasks of their in-domain test accuracy (docs/paper.md). OOD mean: for each OOD task,
     the mean over its test domains (without the training domain unless ``include_train_domain``), then the mean over
     OOD tasks.
     """
@@ -101,12 +110,13 @@ def _claim(text: str, per_seed: np.ndarray, sign: int, unit: str, rule: str, sca
     effect = f"{mean * scale:+.3g} ± {half * scale:.2g} {unit}" if np.isfinite(half) else f"{mean * scale:+.3g} {unit}"
     n = int(np.isfinite(np.asarray(per_seed, dtype=float)).sum())
     return Claim(text, f"{effect} (n={n} seeds)", rule, verdict(mean, half, sign), mean * scale,
-                 half * scale if np.isfinite(half) else float("nan"), n)
+                 half * scale if np.isfinite(half) else float("nan"), n, sign,
+                 tuple(float(v) * scale for v in np.asarray(per_seed, dtype=float)))
 
 
 def judge_claims(transfer: xr.Dataset, spectrum: xr.Dataset, *, probe: str = "lp", centering: str = "column",
                  spectrum_dataset: str | None = None) -> list[Claim]:
-    """The claims of PAPER.md §1 → measured effect, 95% CI over seeds, verdict.
+    """The claims of docs/paper.md → measured effect, 95% CI over seeds, verdict.
 
     Claims 1–3 concern the pre-trained features, read through the linear probe ``probe`` (the paper's evaluation of
     the noisy backbones) and the feature spectrum with the given ``centering``; claim 4 compares the heads averaged
@@ -166,14 +176,135 @@ def judge_claims(transfer: xr.Dataset, spectrum: xr.Dataset, *, probe: str = "lp
     return out
 
 
+def claim_id(claim: Claim) -> str:
+    """``"4a"`` of ``"4a. NMTune beats …"``."""
+    return claim.claim.split(".")[0]
+
+
+def judge_all(transfer: xr.Dataset, spectrum: xr.Dataset, **kwargs) -> list[Claim]:
+    """``judge_claims`` under every (setting, protocol) that holds results, each Claim tagged with both."""
+    out = []
+    for setting in transfer["setting"].values:
+        for protocol in transfer["protocol"].values:
+            part = transfer.sel(setting=setting, protocol=protocol)
+            if not np.isfinite(part["accuracy"].sel({"method": "lp"})).any():
+                continue  # e.g. the matched protocol under a robustness setting: not run
+            out += [replace(c, setting=str(setting), protocol=str(protocol))
+                    for c in judge_claims(part, spectrum, **kwargs)]
+    return out
+
+
 def claims_table(claims: list[Claim]):
     import pandas as pd
 
-    return pd.DataFrame([asdict(c) for c in claims])[["claim", "effect", "verdict", "rule"]]
+    frame = pd.DataFrame([asdict(c) for c in claims])
+    return frame[["protocol", "claim", "effect", "verdict", "rule"]] if claims else frame
 
 
 def claims_records(claims: list[Claim]) -> list[dict]:
     return [asdict(c) for c in claims]
+
+
+def robustness_table(claims: list[Claim]):
+    """claim × setting → verdict (setting = "<protocol>" or "<protocol>, <robustness setting>"), and whether every
+    setting agrees (``robust``)."""
+    import pandas as pd
+
+    rows = [dict(claim=claim_id(c), setting=c.protocol + ("" if c.setting == "base" else f", {c.setting}"),
+                 verdict=c.verdict, effect=c.effect) for c in claims]
+    frame = pd.DataFrame(rows)
+    agree = frame.groupby("claim")["verdict"].agg(lambda v: v.nunique() == 1)
+    return frame.assign(robust=frame["claim"].map(agree))
+
+
+def stability(claims: list[Claim], *, resamples: int = 1000, seed: int = 0):
+    """How often each verdict survives a bootstrap over seeds: the seeds' paired effects are resampled with
+    replacement ``resamples`` times and judged by the same rule; ``agreement`` is the share of resamples whose
+    verdict equals the one on all seeds. A proxy for a rerun on another machine, where CPU kernels differ."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in claims:
+        x = np.asarray(c.per_seed, dtype=float)
+        x = x[np.isfinite(x)]
+        if len(x) < 2:
+            rows.append(dict(protocol=c.protocol, setting=c.setting, claim=claim_id(c), verdict=c.verdict,
+                             agreement=float("nan")))
+            continue
+        draws = x[rng.integers(0, len(x), size=(resamples, len(x)))]
+        same = [verdict(*mean_ci(d), c.sign) == c.verdict for d in draws]
+        rows.append(dict(protocol=c.protocol, setting=c.setting, claim=claim_id(c), verdict=c.verdict,
+                         agreement=float(np.mean(same))))
+    return pd.DataFrame(rows)
+
+
+def paired_effect(a: xr.DataArray, b: xr.DataArray) -> tuple[float, float, int]:
+    """Mean and 95% half-width (points) of a − b over seeds, after averaging over the noise ratios present."""
+    diff = (a - b) * 100
+    diff = diff.mean("noise_ratio") if "noise_ratio" in diff.dims else diff
+    values = diff.values
+    mean, half = mean_ci(values)
+    return mean, half, int(np.isfinite(values).sum())
+
+
+def decomposition(transfer: xr.Dataset, *, setting: str = "base"):
+    """NMTune − LP = (MLP − LP) + (NMTune − MLP), ID and OOD means, per protocol and noise ratio (and ``all``,
+    the mean over noise ratios): mean over seeds ± 95% half-width, in points, paired by seed."""
+    import pandas as pd
+
+    rows = []
+    for protocol in transfer["protocol"].values:
+        means = id_ood_means(transfer.sel(setting=setting, protocol=protocol))
+        if not np.isfinite(means["id_mean"].sel({"method": "lp"})).any():
+            continue
+        ratios = [("all", means)] + [(f"{r:g}", means.sel(noise_ratio=[r])) for r in means["noise_ratio"].values]
+        for label, part in ratios:
+            for which in ("id_mean", "ood_mean"):
+                m = {k: part[which].sel({"method": k}) for k in ("lp", "mlp", "nmtune")}
+                for term, (a, b) in {"nmtune-lp": ("nmtune", "lp"), "mlp-lp": ("mlp", "lp"),
+                                     "nmtune-mlp": ("nmtune", "mlp")}.items():
+                    mean, half, n = paired_effect(m[a], m[b])
+                    rows.append(dict(protocol=str(protocol), noise_ratio=label, mean_of=which[:-5].upper(),
+                                     term=term, mean_points=mean, half_width_points=half, n_seeds=n))
+    return pd.DataFrame(rows)
+
+
+def sensitivity(transfer: xr.Dataset, *, task: str, config) -> "pd.DataFrame":
+    """NMTune − MLP (points, mean over seeds ± 95% half-width) on ``task`` for every regulariser scale and the
+    single-λ variant, per noise ratio: on the task's training domain (``train_domain``) and its OOD mean (the
+    other test domains); ``noise_ratio == "slope/10%"`` rows give the per-seed slope of that difference against
+    the noise ratio (points per 10% noise): a positive slope means the regularisers help more as noise grows."""
+    import pandas as pd
+
+    from .protocols import sensitivity_name
+
+    acc = transfer["accuracy"].sel(setting="base", protocol="reference", task=task)
+    train = str(transfer["train_domain"].sel(task=task).values)
+    parts = {"train_domain": acc.sel(test_domain=train),
+             "ood_mean": acc.drop_sel(test_domain=train).mean("test_domain", skipna=True)}
+    variants = [(sensitivity_name(s), s, "") for s in config.reg_scales]
+    if config.single_lambda > 0:
+        variants.append((f"nmtune_single{config.single_lambda:g}", float("nan"), f"{config.single_lambda:g}"))
+    rows = []
+    for name, scale, lam in variants:
+        if name not in acc["method"].values:
+            continue
+        for metric, values in parts.items():
+            diff = values.sel({"method": name}) - values.sel({"method": "mlp"})
+            if not np.isfinite(diff).any():
+                continue
+            for r in diff["noise_ratio"].values:
+                mean, half = mean_ci(diff.sel(noise_ratio=r).values * 100)
+                rows.append(dict(variant=name, reg_scale=scale, single_lambda=lam, metric=metric,
+                                 noise_ratio=f"{r:g}", mean_points=mean, half_width_points=half,
+                                 n_seeds=int(np.isfinite(diff.sel(noise_ratio=r).values).sum())))
+            if diff.sizes["noise_ratio"] > 1:
+                mean, half = mean_ci(_slope(diff) * 10)
+                rows.append(dict(variant=name, reg_scale=scale, single_lambda=lam, metric=metric,
+                                 noise_ratio="slope/10%", mean_points=mean, half_width_points=half,
+                                 n_seeds=diff.sizes["seed"]))
+    return pd.DataFrame(rows)
 
 
 def means_table(transfer: xr.Dataset) -> pd.DataFrame:

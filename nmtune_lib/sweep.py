@@ -27,7 +27,6 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 RUN_NOTEBOOKS = ("01_noise_injection", "02_pretrain", "03_spectrum", "04_transfer")
 SUMMARY_NOTEBOOK = "05_summary"
 MANAGED = ("preset", "dataset", "noise_ratio", "noise_kind", "seed", "run_root", "progress", "overrides")
-# ``ablation`` is also set by the sweep (first seed only) unless given with --set or --param
 
 
 @dataclass(frozen=True)
@@ -70,8 +69,6 @@ def plan(config: StudyConfig, overrides: dict[str, Any], extra: dict[str, Any] |
             values = dict(preset=config.preset, dataset=config.dataset, noise_ratio=ratio, noise_kind=config.noise_kind,
                           seed=seed, run_root=config.run_root, progress=False, overrides=json.dumps(overrides),
                           **extra)
-            if "ablation" not in overrides and "ablation" not in extra:  # the ablation needs one seed, not all
-                values["ablation"] = bool(config.ablation and seed == config.seeds[0])
             parameters = {name: {k: v for k, v in values.items() if k in declared[name]} for name in RUN_NOTEBOOKS}
             runs.append(RunSpec(ratio, seed, config.run_dir(ratio, seed), parameters))
     return runs
@@ -221,8 +218,9 @@ def report(config: StudyConfig, out_root: Path, *, all_seeds: bool = False) -> P
                     render_html(notebook, out / target)
                     pages.append((f"noise {ratio:.0%} · seed {seed} · {name}", target))
     figures = sorted(config.preset_dir().glob("*.png"))  # the summary's key figures, shown on the index
-    for figure in figures:
-        atomic_write(out / figure.name, lambda fh, f=figure: fh.write(f.read_bytes()))
+    tables = sorted(config.preset_dir().glob("*.csv"))  # claims, decomposition, sensitivity, robustness, stability
+    for path in (*figures, *tables):
+        atomic_write(out / path.name, lambda fh, f=path: fh.write(f.read_bytes()))
     claims = config.preset_dir() / "claims.json"
     table = _claims_html(json.loads(claims.read_text())) if claims.exists() else \
         "<p>No claims table yet: run <code>nmtune sweep</code> (notebook 05 writes it).</p>"
@@ -238,6 +236,10 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;
 <h2>Claims of the paper, as measured here</h2>
 {table}
 {"".join(f'<p><img src="{html.escape(f.name)}" style="max-width:100%"></p>' for f in figures)}
+<h2>Tables (CSV)</h2>
+<ul>
+{"".join(f'<li><a href="{html.escape(t.name)}">{html.escape(t.name)}</a></li>' for t in tables)}
+</ul>
 <h2>Notebooks</h2>
 <ul>
 {links}
@@ -248,9 +250,10 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;
 
 
 def _claims_html(claims: list[dict[str, Any]]) -> str:
-    head = "<tr><th>claim</th><th>measured effect (95% CI)</th><th>rule</th><th>verdict</th></tr>"
+    head = "<tr><th>protocol</th><th>claim</th><th>measured effect (95% CI)</th><th>rule</th><th>verdict</th></tr>"
     rows = "\n".join(
-        f'<tr class="{html.escape(c["verdict"])}"><td>{html.escape(c["claim"])}</td>'
+        f'<tr class="{html.escape(c["verdict"])}"><td>{html.escape(c.get("protocol", ""))}</td>'
+        f'<td>{html.escape(c["claim"])}</td>'
         f'<td>{html.escape(c["effect"])}</td><td>{html.escape(c["rule"])}</td>'
         f'<td>{html.escape(c["verdict"])}</td></tr>' for c in claims)
     return f"<table>{head}\n{rows}</table>"

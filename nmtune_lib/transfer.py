@@ -1,14 +1,21 @@
-"""Transfer of a frozen backbone to a task suite: LP, MLP and NMTune heads on every task, as one xarray Dataset.
+"""Transfer of a frozen backbone to a task suite: LP, MLP and NMTune heads under both protocols, the regulariser
+ablation and sensitivity, and the robustness settings, as one xarray Dataset.
 
 For each task the frozen features are extracted once (cached on disk, keyed by the checkpoint hash): eval features
-of the training set (for LP), K weak views of it (for MLP and NMTune in ``cached`` mode) and eval features of every
-test domain. Each head is fitted on the training set and scored on every test domain. ``online`` mode re-encodes
-both views through the backbone at every step instead (the reference code's behaviour); the mode that produced
-each number is stored with it.
+of the training set (the reference LP, and the held-out scoring of the matched protocol), K views of it in the
+task's ``ViewAugment`` (crop scale and ratio from the config, flips per task) and eval features of every test domain.
+``online`` mode re-encodes both views through the backbone at every step instead (the reference code's behaviour).
 
-Result Dataset dims: (noise_ratio, seed, method, task, test_domain); ``accuracy`` in [0, 1] (NaN where a task has no
-such test domain), ``fit_seconds``, ``head_mode``; per-task coordinates ``task_kind`` (id/ood), ``train_domain`` and
-``chance``; the spectrum of the tuned features z of each method on one reference test set.
+Settings: ``base`` (the config as it is) and one per ``config.robustness`` entry (``head_epochs=10``, ``views=8``,
+``head_mode=online``, …). ``base`` runs every protocol of ``config.protocols``; a robustness setting re-runs the
+reference protocol only (the matched protocol is itself the protocol axis of the robustness table). The ablation
+and the sensitivity run in the ``base`` setting, reference protocol, on ``config.ablation_task``.
+
+Result Dataset dims: (noise_ratio, seed, setting, protocol, method, task, test_domain); ``accuracy`` in [0, 1] (NaN
+where a head was not fitted or a task has no such test domain), ``fit_seconds``, ``lr`` (the learning rate used:
+chosen on held-out data in the matched protocol), ``head_mode``; ``selection_accuracy`` (held-out accuracy of every
+candidate learning rate, matched protocol); per-task coordinates ``task_kind`` (id/ood), ``train_domain``, ``chance``
+and ``view_flip``; the spectrum of the tuned features z of LP/MLP/NMTune (base, reference) on one reference test set.
 """
 from __future__ import annotations
 
@@ -19,142 +26,151 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .config import METHODS
+from .augment import ViewAugment
+from .config import METHODS, parse_assignments
+from .protocols import ABLATIONS, HeadSpec, head_spec, reference_specs, select_lr, sensitivity_specs
 
-ABLATIONS: dict[str, dict[str, float]] = {  # method name → which regulariser weights stay on (others set to 0)
-    "mse_only": {"w_mse": 1, "w_cov": 0, "w_svd": 0},
-    "cov_only": {"w_mse": 0, "w_cov": 1, "w_svd": 0},
-    "svd_only": {"w_mse": 0, "w_cov": 0, "w_svd": 1},
-    "no_mse": {"w_mse": 0, "w_cov": 1, "w_svd": 1},
-    "no_cov": {"w_mse": 1, "w_cov": 0, "w_svd": 1},
-    "no_svd": {"w_mse": 1, "w_cov": 1, "w_svd": 0},
-}
+BASE = "base"
 
 
 @dataclass(frozen=True)
 class Score:
     """One fitted head scored on one test domain."""
 
+    setting: str
+    protocol: str
     task: str
     method: str
     test_domain: str
     accuracy: float
     fit_seconds: float
     head_mode: str
+    lr: float
 
 
-def transfer_dataset(scores: Sequence[Score], tasks: Sequence[Any], *, noise_ratio: float, seed: int,
-                     tuned_spectrum: dict[str, dict[str, float]] | None = None, attrs: dict[str, Any] | None = None
-                     ) -> xr.Dataset:
-    """Scores of one run → Dataset with dims (noise_ratio, seed, method, task, test_domain)."""
-    methods = list(dict.fromkeys(s.method for s in scores))
-    task_names = [t.name for t in tasks]
-    domains = list(dict.fromkeys(d for t in tasks for d in t.tests))
-    acc = np.full((1, 1, len(methods), len(task_names), len(domains)), np.nan)
-    secs = np.full((1, 1, len(methods), len(task_names)), np.nan)
-    mode = np.full((1, 1, len(methods), len(task_names)), "", dtype=object)
-    for s in scores:
-        m, t = methods.index(s.method), task_names.index(s.task)
-        acc[0, 0, m, t, domains.index(s.test_domain)] = s.accuracy
-        secs[0, 0, m, t], mode[0, 0, m, t] = s.fit_seconds, s.head_mode
-    dims = ("noise_ratio", "seed", "method", "task", "test_domain")
-    data = {
-        "accuracy": (dims, acc, {"long_name": "test accuracy of the head", "units": "fraction correct"}),
-        "fit_seconds": (dims[:4], secs, {"long_name": "wall time to fit the head (features cached)", "units": "s"}),
-        "head_mode": (dims[:4], mode, {"long_name": "how the two views were produced: cached K-view features or "
-                                                    "online re-encoding"}),
-    }
-    if tuned_spectrum:
-        names = [m for m in methods if m in tuned_spectrum]
-        for metric in ("sve", "p1", "sigma1"):
-            data[f"tuned_{metric}"] = (("noise_ratio", "seed", "tuned_method"),
-                                       np.array([[[tuned_spectrum[m][metric] for m in names]]]),
-                                       {"long_name": f"{metric} of the tuned features z (f for LP), column centring"})
-    coords = {
-        "noise_ratio": ("noise_ratio", [float(noise_ratio)], {"units": "fraction of pre-training labels flipped"}),
-        "seed": ("seed", np.array([seed], dtype=np.int64)),
-        "method": ("method", np.array(methods, dtype=object)),
-        "task": ("task", np.array(task_names, dtype=object)),
-        "test_domain": ("test_domain", np.array(domains, dtype=object)),
-        "task_kind": ("task", np.array([t.kind for t in tasks], dtype=object), {"long_name": "id or ood"}),
-        "train_domain": ("task", np.array([t.train_domain for t in tasks], dtype=object)),
-        "chance": ("task", np.array([t.chance for t in tasks]), {"long_name": "majority-class accuracy"}),
-    }
-    if tuned_spectrum:
-        coords["tuned_method"] = ("tuned_method", np.array([m for m in methods if m in tuned_spectrum], dtype=object))
-    return xr.Dataset(data, coords, attrs or {})
+def settings(config) -> dict[str, Any]:
+    """``{"base": config, "<KEY=VALUE>": config with that change, …}``: the settings notebook 04 runs."""
+    return {BASE: config, **{s: config.replace(**parse_assignments([s])) for s in config.robustness}}
 
 
-def head_hyperparameters(config, method: str) -> dict[str, Any]:
-    """The fit_head keyword arguments of ``method`` (lp, mlp, nmtune or an ablation name) from the config."""
-    base = dict(epochs=config.head_epochs, batch_size=config.head_batch_size, weight_decay=config.head_weight_decay,
-                svd_top_k=config.svd_top_k)
-    if method == "lp":
-        return dict(base, method="lp", lr=config.lp_lr)
-    weights = dict(w_mse=config.w_mse, w_cov=config.w_cov, w_svd=config.w_svd)
-    if method == "mlp":
-        weights = dict(w_mse=0.0, w_cov=0.0, w_svd=0.0)
-    elif method in ABLATIONS:
-        weights = {k: weights[k] * on for k, on in ABLATIONS[method].items()}
-    elif method != "nmtune":
-        raise ValueError(f"unknown method {method!r}; accepted: lp, mlp, nmtune, {', '.join(ABLATIONS)}")
-    return dict(base, method="nmtune" if method != "mlp" else "mlp", lr=config.mlp_lr, **weights)
+class _TaskHeads:
+    """Fits and scores the heads of one task; identical (inputs, spec, sample subset) fits are made once."""
+
+    def __init__(self, backbone, task, config, features, *, seed: int, device, progress: bool, log):
+        self.backbone, self.task, self.features, self.seed = backbone, task, features, seed
+        self.device, self.progress, self.log = device, progress, log
+        self.augment = ViewAugment(tuple(config.view_crop_scale), tuple(config.view_crop_ratio), task.flip)
+        self.eval_train = features(task.train)
+        self.fitted: dict[tuple, Any] = {}
+
+    def views(self, config):
+        """The two-view source of a setting: K cached views, or online re-encoding through the backbone."""
+        from .heads import CachedViews, OnlineViews
+
+        if config.head_mode == "online":
+            return OnlineViews(self.backbone, self.task.train.images, device=self.device, augment=self.augment)
+        return CachedViews(self.features(self.task.train, self.augment, config.views), device=self.device)
+
+    def fit(self, config, spec: HeadSpec, index: torch.Tensor | None = None, *, name: str = ""):
+        """The head ``spec`` trained on this task's samples ``index`` (all by default); ``name`` labels the log."""
+        from .heads import fit_head
+
+        source_key = ("eval",) if spec.inputs == "eval" else (config.head_mode, config.views)
+        subset_key = None if index is None else tuple(index.tolist())
+        key = (source_key, spec, subset_key)
+        if key not in self.fitted:
+            source = self.eval_train if spec.inputs == "eval" else self.views(config)
+            labels = self.task.train.labels
+            if index is not None:
+                source = source[index] if spec.inputs == "eval" else source.subset(index)
+                labels = labels[index]
+            fit = fit_head(source, labels, num_classes=self.task.num_classes, seed=self.seed, device=self.device,
+                           progress=self.progress, **spec.fit_kwargs())
+            self.fitted[key] = fit
+            where = "all" if index is None else f"{len(index)} of {len(self.task.train)}"
+            self.log(f"{self.task.name:>22} {name or spec.method:>17} lr {spec.lr:g} × {spec.epochs} epochs "
+                     f"({fit.mode}, {where}): {fit.seconds:.1f} s")
+        return self.fitted[key]
+
+    def held_out_accuracy(self, fit, index: torch.Tensor) -> float:
+        return fit.accuracy(self.eval_train[index], self.task.train.labels[index])
 
 
 def run_transfer(backbone, tasks: Sequence[Any], config, *, noise_ratio: float, seed: int, checkpoint_hash: str,
-                 cache_dir=None, device: str = "cpu", methods: Sequence[str] | None = None,
-                 ablation_tasks: Sequence[str] = (), spectrum_task: str | None = None, progress: bool = False,
-                 log=print, attrs: dict[str, Any] | None = None) -> xr.Dataset:
-    """Fit every method on every task (and the ablation variants on ``ablation_tasks``) and score every test domain.
-
-    A head depends only on its training set and method, so tasks sharing a training set (e.g. the ID task and the
-    ``real``-trained OOD task, or MNIST-5k and the digit shift) share one fitted head. ``spectrum_task`` names the
-    task whose in-training-domain test set gives the spectrum of the tuned features z (default: the first task).
-    """
+                 cache_dir=None, device: str = "cpu", progress: bool = False, log=print,
+                 spectrum_task: str | None = None, attrs: dict[str, Any] | None = None) -> xr.Dataset:
+    """Fit every head of every protocol and setting on every task and score every test domain (see the module
+    docstring). ``spectrum_task`` names the task whose in-training-domain test set gives the spectrum of the tuned
+    features z (default: the first task)."""
     from .features import extract_features
-    from .heads import OnlineViews, fit_head
-    from .spectrum import singular_values, spectrum_metrics
+    from .models import resolve_device
 
-    methods = list(methods or config.methods)
-    features = lambda image_set, transform="eval", views=1: extract_features(  # noqa: E731
-        backbone, image_set, transform=transform, views=views, seed=seed, device=device,
-        batch_size=config.feature_batch_size, cache_dir=cache_dir, checkpoint_hash=checkpoint_hash,
-        progress=progress)
-    fitted: dict[tuple[str, str], Any] = {}
+    device = resolve_device(str(device))
+
+    def features(image_set, transform="eval", views=1):
+        return extract_features(backbone, image_set, transform=transform, views=views, seed=seed, device=device,
+                                batch_size=config.feature_batch_size, cache_dir=cache_dir,
+                                checkpoint_hash=checkpoint_hash, progress=progress)
+
+    methods = list(config.methods)
     scores: list[Score] = []
+    selection: dict[tuple[str, str, str, float], float] = {}  # (setting, method, task, lr) → held-out accuracy
     tuned: dict[str, dict[str, float]] = {}
     spectrum_task = spectrum_task or tasks[0].name
+    by_train: dict[str, _TaskHeads] = {}  # tasks sharing a training set and flips share their heads
     for task in tasks:
-        variants = methods + (list(ABLATIONS) if task.name in ablation_tasks else [])
-        train_key = _content_key(task.train)
-        for method in variants:
-            if (train_key, method) not in fitted:
-                hyper = head_hyperparameters(config, method)
-                if hyper["method"] == "lp":
-                    views = features(task.train)
-                elif config.head_mode == "cached":
-                    views = features(task.train, "weak", config.views)
-                else:
-                    views = OnlineViews(backbone, task.train.images, device=device)
-                fit = fit_head(views, task.train.labels, num_classes=task.num_classes, seed=seed, device=device,
-                               progress=progress, **hyper)
-                fitted[(train_key, method)] = fit
-                log(f"{task.name:>22} {method:>8} ({fit.mode}): fitted in {fit.seconds:.1f} s")
-            fit = fitted[(train_key, method)]
-            for domain, test in task.tests.items():
-                acc = fit.accuracy(features(test), test.labels)
-                scores.append(Score(task.name, method, domain, acc, fit.seconds, fit.mode))
-            if task.name == spectrum_task and method in METHODS:
-                f = features(task.tests[task.train_domain])
-                z = f if method == "lp" else _tuned_features(fit, f)
-                tuned[method] = spectrum_metrics(singular_values(z, centering="column"), config.spectrum_top_k)
-    return transfer_dataset(scores, tasks, noise_ratio=noise_ratio, seed=seed, tuned_spectrum=tuned, attrs=attrs)
+        key = _content_key(task.train) + str(task.flip)
+        if key not in by_train:
+            by_train[key] = _TaskHeads(backbone, task, config, features, seed=seed, device=device, progress=progress,
+                                       log=log)
+        heads = by_train[key]
+        for setting, cfg, protocol in _setting_protocols(config):
+            specs = _protocol_specs(heads, cfg, protocol, methods, setting, selection, task.name, seed)
+            if (setting, protocol) == (BASE, "reference") and config.ablation and task.name == config.ablation_task:
+                specs.update({name: head_spec(cfg, name) for name in ABLATIONS})
+                specs.update(sensitivity_specs(cfg))
+            for method, spec in specs.items():
+                fit = heads.fit(cfg, spec, name=method)
+                for domain, test in task.tests.items():
+                    scores.append(Score(setting, protocol, task.name, method, domain,
+                                        fit.accuracy(features(test), test.labels), fit.seconds, fit.mode, spec.lr))
+                if (setting, protocol, task.name) == (BASE, config.protocols[0], spectrum_task) and method in METHODS:
+                    tuned[method] = _tuned_spectrum(fit, features(task.tests[task.train_domain]), method, config)
+    return transfer_dataset(scores, tasks, noise_ratio=noise_ratio, seed=seed, selection=selection,
+                            tuned_spectrum=tuned, attrs=attrs)
 
 
-def _tuned_features(fit, f: torch.Tensor) -> torch.Tensor:
-    """z = s·h(f) + f of a fitted MLP/NMTune head, in eval mode."""
-    with torch.no_grad():
-        return torch.cat([fit.head.features(chunk.to(fit.device)).cpu() for chunk in f.split(4096)])
+def _setting_protocols(config):
+    """(setting, its config, protocol): every protocol in ``base``, the reference protocol in robustness settings."""
+    for setting, cfg in settings(config).items():
+        for protocol in config.protocols:
+            if setting == BASE or protocol == "reference":
+                yield setting, cfg, protocol
+
+
+def _protocol_specs(heads: _TaskHeads, cfg, protocol: str, methods, setting: str, selection: dict, task_name: str,
+                    seed: int) -> dict[str, HeadSpec]:
+    """The specs of one protocol; in ``matched`` each method's lr is chosen on held-out data first."""
+    if protocol == "reference":
+        return reference_specs(cfg, methods)
+    out = {}
+    for method in methods:
+        best, accuracy = select_lr(cfg, method, lambda spec, index: heads.fit(cfg, spec, index),
+                                   heads.held_out_accuracy, heads.task.train.labels, seed)
+        for lr, acc in accuracy.items():
+            selection[(setting, method, task_name, lr)] = acc
+        out[method] = head_spec(cfg, method, inputs="views", lr=best)
+    return out
+
+
+def _tuned_spectrum(fit, f: torch.Tensor, method: str, config) -> dict[str, float]:
+    """Spectrum metrics of z = s·h(f) + f of a fitted MLP/NMTune head (f itself for LP), column centring."""
+    from .spectrum import singular_values, spectrum_metrics
+
+    if method != "lp":
+        with torch.no_grad():
+            f = torch.cat([fit.head.features(chunk.to(fit.device)).cpu() for chunk in f.split(4096)])
+    return spectrum_metrics(singular_values(f, centering="column"), config.spectrum_top_k)
 
 
 def _content_key(image_set) -> str:
@@ -163,3 +179,62 @@ def _content_key(image_set) -> str:
     from .noise import labels_sha256
 
     return images_sha256(image_set.images) + labels_sha256(image_set.labels)
+
+
+def transfer_dataset(scores: Sequence[Score], tasks: Sequence[Any], *, noise_ratio: float, seed: int,
+                     selection: dict[tuple[str, str, str, float], float] | None = None,
+                     tuned_spectrum: dict[str, dict[str, float]] | None = None, attrs: dict[str, Any] | None = None
+                     ) -> xr.Dataset:
+    """Scores of one run → Dataset with dims (noise_ratio, seed, setting, protocol, method, task, test_domain)."""
+    axes = {name: list(dict.fromkeys(getattr(s, name) for s in scores))
+            for name in ("setting", "protocol", "method")}
+    axes["task"] = [t.name for t in tasks]
+    axes["test_domain"] = list(dict.fromkeys(d for t in tasks for d in t.tests))
+    shape = [1, 1] + [len(v) for v in axes.values()]
+    acc = np.full(shape, np.nan)
+    secs, lrs = np.full(shape[:-1], np.nan), np.full(shape[:-1], np.nan)
+    mode = np.full(shape[:-1], "", dtype=object)
+    for s in scores:
+        at = (0, 0) + tuple(axes[name].index(getattr(s, name)) for name in ("setting", "protocol", "method", "task"))
+        acc[at + (axes["test_domain"].index(s.test_domain),)] = s.accuracy
+        secs[at], lrs[at], mode[at] = s.fit_seconds, s.lr, s.head_mode
+    dims = ("noise_ratio", "seed", "setting", "protocol", "method", "task", "test_domain")
+    data = {
+        "accuracy": (dims, acc, {"long_name": "test accuracy of the head", "units": "fraction correct"}),
+        "fit_seconds": (dims[:-1], secs, {"long_name": "wall time to fit the head (features cached)", "units": "s"}),
+        "lr": (dims[:-1], lrs, {"long_name": "learning rate of the head (matched protocol: chosen on held-out data)"}),
+        "head_mode": (dims[:-1], mode, {"long_name": "where the views came from: eval features (reference LP), "
+                                                     "cached K-view features or online re-encoding"}),
+    }
+    coords = {
+        "noise_ratio": ("noise_ratio", [float(noise_ratio)], {"units": "fraction of pre-training labels flipped"}),
+        "seed": ("seed", np.array([seed], dtype=np.int64)),
+        **{name: (name, np.array(values, dtype=object)) for name, values in axes.items()},
+        "task_kind": ("task", np.array([t.kind for t in tasks], dtype=object), {"long_name": "id or ood"}),
+        "train_domain": ("task", np.array([t.train_domain for t in tasks], dtype=object)),
+        "chance": ("task", np.array([t.chance for t in tasks]), {"long_name": "majority-class accuracy"}),
+        "view_flip": ("task", np.array([int(t.flip) for t in tasks], dtype=np.int8),
+                      {"long_name": "1 if the task's views are mirrored at random, 0 if not (digits)"}),
+    }
+    if selection:
+        cand = sorted({k[3] for k in selection})
+        sel_axes = [list(dict.fromkeys(k[i] for k in selection)) for i in range(3)]
+        sel = np.full([1, 1, len(sel_axes[0]), len(sel_axes[1]), len(sel_axes[2]), len(cand)], np.nan)
+        for (setting, method, task, lr), value in selection.items():
+            sel[0, 0, sel_axes[0].index(setting), sel_axes[1].index(method), sel_axes[2].index(task),
+                cand.index(lr)] = value
+        data["selection_accuracy"] = (("noise_ratio", "seed", "selection_setting", "selection_method",
+                                       "selection_task", "candidate_lr"), sel,
+                                      {"long_name": "held-out accuracy of each candidate learning rate (matched)"})
+        coords.update(selection_setting=("selection_setting", np.array(sel_axes[0], dtype=object)),
+                      selection_method=("selection_method", np.array(sel_axes[1], dtype=object)),
+                      selection_task=("selection_task", np.array(sel_axes[2], dtype=object)),
+                      candidate_lr=("candidate_lr", np.array(cand)))
+    if tuned_spectrum:
+        names = [m for m in axes["method"] if m in tuned_spectrum]
+        for metric in ("sve", "p1", "sigma1"):
+            data[f"tuned_{metric}"] = (("noise_ratio", "seed", "tuned_method"),
+                                       np.array([[[tuned_spectrum[m][metric] for m in names]]]),
+                                       {"long_name": f"{metric} of the tuned features z (f for LP), column centring"})
+        coords["tuned_method"] = ("tuned_method", np.array(names, dtype=object))
+    return xr.Dataset(data, coords, attrs or {})

@@ -15,7 +15,29 @@ def test_presets_build_and_round_trip_json_and_yaml(preset):
 def test_default_grid_is_the_papers():
     cfg = StudyConfig.from_preset("default")
     assert cfg.noise_ratios == (0.0, 0.05, 0.1, 0.2, 0.3)
-    assert len(cfg.seeds) == 3
+    assert len(cfg.seeds) >= 5
+
+
+def test_default_head_protocol_is_the_reference_codes():
+    cfg = StudyConfig.from_preset("default")
+    assert cfg.view_crop_scale == (0.8, 1.0) and cfg.view_crop_ratio == pytest.approx((3 / 4, 4 / 3))
+    assert cfg.head_epochs == 30 and cfg.head_batch_size == 64 and (cfg.lp_lr, cfg.mlp_lr) == (1e-2, 1e-3)
+    assert cfg.protocols == ("reference", "matched") and cfg.lr_grid == (1e-3, 3e-3, 1e-2)
+    assert len(cfg.reg_scales) >= 4 and 1.0 in cfg.reg_scales and cfg.single_lambda == 0.01
+
+
+@pytest.mark.parametrize("key,value,accepted", [
+    ("view_crop_scale", [0.9, 0.8], "0 < low <= high <= 1"),
+    ("view_crop_scale", [0.5], "0 < low <= high <= 1"),
+    ("protocols", ["reference", "fair"], "reference, matched"),
+    ("lr_grid", [], "non-empty"),
+    ("holdout_fraction", 0.7, r"\(0, 0.5\)"),
+    ("robustness", ["lr=0.1"], "head_epochs, views, head_mode"),
+    ("robustness", ["views=1"], "valid value"),
+])
+def test_head_protocol_fields_are_checked(key, value, accepted):
+    with pytest.raises(ValueError, match=accepted):
+        StudyConfig.from_preset("smoke", **{key: value})
 
 
 def test_unknown_preset_lists_known_ones():

@@ -137,3 +137,24 @@ def test_cache_without_checkpoint_hash_follows_the_weights(backbone, images, tmp
 def test_bad_arguments_raise(backbone, images, kwargs, match):
     with pytest.raises(ValueError, match=match):
         extract_features(backbone, images, progress=False, **kwargs)
+
+
+def test_views_follow_the_tasks_view_augment_and_are_cached_apart(backbone, images, tmp_path):
+    import inspect
+
+    from nmtune_lib.augment import ViewAugment
+
+    # the reference code's view crop: RandomResizedCrop(scale=(0.8, 1.0)), torchvision's ratio, flip
+    assert ViewAugment() == ViewAugment((0.8, 1.0), (3 / 4, 4 / 3), True)
+    assert inspect.signature(random_resized_crop).parameters["scale"].default == (0.8, 1.0)
+    no_flip = ViewAugment(flip=False)
+    out = extract_features(backbone, images, transform=no_flip, views=2, seed=3, batch_size=64, cache_dir=tmp_path,
+                           checkpoint_hash="c", progress=False)
+    with torch.no_grad():
+        x = random_resized_crop(to_float(images.images), view_generator(3, 1, 0), flip=False)
+        expected = backbone.eval().pre_logits(x)
+    torch.testing.assert_close(out[:, 1], expected, atol=1e-5, rtol=1e-5)
+    flipped = extract_features(backbone, images, transform=ViewAugment(flip=True), views=2, seed=3, batch_size=64,
+                               cache_dir=tmp_path, checkpoint_hash="c", progress=False)
+    assert not torch.equal(out, flipped)
+    assert len(list(tmp_path.glob("*.pt"))) == 2 and any("noflip" in p.name for p in tmp_path.glob("*.pt"))

@@ -180,8 +180,23 @@ def test_classifier_takes_cached_views_and_predicts_on_eval_features(digit_views
     assert clf.predict(digit_views["eval_test"].numpy()).shape == (len(digit_views["test"]),)
     with pytest.raises(ValueError):
         clf.predict(views)  # predict takes eval features N×D
-    with pytest.raises(ValueError, match="method='lp' trains on eval features"):
-        NMTuneClassifier("lp", epochs=1).fit(views, labels)
+    lp = NMTuneClassifier("lp", epochs=1, random_state=0).fit(views, labels)  # the matched protocol's LP
+    assert lp.mode_ == "cached" and isinstance(lp.head_, LinearProbe)
+
+
+def test_lp_on_two_views_is_cross_entropy_over_both_views(digit_views):
+    """The matched protocol's LP: the MLP pipeline without the MLP (z = f), CE over the 2B rows of both views."""
+    views, labels = digit_views["views"][:64], digit_views["train"].labels[:64]
+    fit = fit_head(views, labels, method="lp", epochs=1, batch_size=64, lr=1e-2, seed=0)
+    assert fit.mode == "cached" and (fit.params["w_mse"], fit.params["w_cov"], fit.params["w_svd"]) == (0, 0, 0)
+    # one step from the same initialisation, by hand: the same views the seeded generator draws
+    init_gen, order_gen, view_gen = (torch.Generator().manual_seed(int(s))
+                                     for s in np.random.SeedSequence(0).generate_state(3))
+    head = LinearProbe(196, 10, generator=init_gen)
+    index = torch.randperm(64, generator=order_gen)
+    f_w, f_s = CachedViews(views)(index, view_gen)
+    loss = F.cross_entropy(head(torch.cat([f_w, f_s])), labels[index].repeat(2))
+    assert fit.history[0]["ce"] == pytest.approx(float(loss), rel=1e-5)
 
 
 def test_progress_bar_switch(capsys):

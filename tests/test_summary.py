@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from nmtune_lib.summary import id_ood_means, judge_claims, mean_ci, verdict
+from nmtune_lib.config import StudyConfig
+from nmtune_lib.summary import (decomposition, id_ood_means, judge_all, judge_claims, mean_ci, robustness_table,
+                                sensitivity, stability, verdict)
 from nmtune_lib.transfer import Score, transfer_dataset
 
 RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3)
@@ -13,22 +15,34 @@ class _T:  # the fields of tasks.Task that transfer_dataset reads
     def __init__(self, name, kind, tests, train_domain="in_domain"):
         self.name, self.kind, self.tests, self.train_domain, self.chance = name, kind, dict.fromkeys(tests), \
             train_domain, 0.1
+        self.flip = True
 
 
 TASKS = [_T("a", "id", ["in_domain"]), _T("b", "ood", ["real", "sketch"], "real")]
 
 
-def _grid(id_effect, ood_effect, nmtune_gain, sve_slope, noise=0.002):
+def _grid(id_effect, ood_effect, nmtune_gain, sve_slope, noise=0.002, matched_gain=None, reg_growth=0.0):
+    """Synthetic runs with known effects. ``matched_gain``: NMTune's gain over LP in the matched protocol (None: no
+    matched protocol); ``reg_growth``: NMTune − MLP grows by this much per unit noise ratio for scaled variants."""
     rng = np.random.default_rng(0)
     runs = []
+    protocols = {"reference": nmtune_gain} if matched_gain is None else {"reference": nmtune_gain,
+                                                                         "matched": matched_gain}
     for r in RATIOS:
         for seed in range(3):
             scores = []
-            for m, gain in (("lp", 0), ("mlp", nmtune_gain / 2), ("nmtune", nmtune_gain)):
-                slight = 1.0 if r in (0.05, 0.1) else (-1.0 if r >= 0.2 else 0.0)
-                scores += [Score("a", m, "in_domain", 0.8 + id_effect * slight + gain + rng.normal(0, noise), 1, "cached"),
-                           Score("b", m, "real", 0.9 + gain, 1, "cached"),
-                           Score("b", m, "sketch", 0.5 + ood_effect * r + gain + rng.normal(0, noise), 1, "cached")]
+            for protocol, total in protocols.items():
+                methods = [("lp", 0), ("mlp", total / 2), ("nmtune", total)]
+                if protocol == "reference":
+                    methods.append(("nmtune_x10", total / 2 + reg_growth * r))
+                for m, gain in methods:
+                    slight = 1.0 if r in (0.05, 0.1) else (-1.0 if r >= 0.2 else 0.0)
+                    row = dict(setting="base", protocol=protocol, method=m, fit_seconds=1, head_mode="cached", lr=1e-3)
+                    scores += [Score(task="a", test_domain="in_domain", **row,
+                                     accuracy=0.8 + id_effect * slight + gain + rng.normal(0, noise)),
+                               Score(task="b", test_domain="real", accuracy=0.9 + gain, **row),
+                               Score(task="b", test_domain="sketch", **row,
+                                     accuracy=0.5 + ood_effect * r + gain + rng.normal(0, noise))]
             runs.append(transfer_dataset(scores, TASKS, noise_ratio=r, seed=seed))
     transfer = xr.combine_by_coords(runs)
     sve = np.array([[3 + sve_slope * r + rng.normal(0, 0.001) for _ in range(3)] for r in RATIOS])
@@ -38,33 +52,37 @@ def _grid(id_effect, ood_effect, nmtune_gain, sve_slope, noise=0.002):
     return transfer, spectrum
 
 
+def _reference(transfer):
+    return transfer.sel(setting="base", protocol="reference")
+
+
 def _verdicts(claims):
     return {c.claim.split(".")[0]: c.verdict for c in claims}
 
 
 def test_the_paper_pattern_is_supported():
     transfer, spectrum = _grid(id_effect=0.02, ood_effect=-0.2, nmtune_gain=0.02, sve_slope=1.0)
-    v = _verdicts(judge_claims(transfer, spectrum))
+    v = _verdicts(judge_claims(_reference(transfer), spectrum))
     assert sorted(v) == ["1a", "1b", "2a", "2b", "3a", "3b", "3c", "3d", "4a", "4b", "4c", "4d"]
     assert set(v.values()) == {"supported"}
 
 
 def test_the_opposite_pattern_is_contradicted():
     transfer, spectrum = _grid(id_effect=-0.02, ood_effect=0.2, nmtune_gain=-0.02, sve_slope=-1.0)
-    assert set(_verdicts(judge_claims(transfer, spectrum)).values()) == {"contradicted"}
+    assert set(_verdicts(judge_claims(_reference(transfer), spectrum)).values()) == {"contradicted"}
 
 
 def test_no_effect_is_inconclusive():
     transfer, spectrum = _grid(id_effect=0.0, ood_effect=0.0, nmtune_gain=0.0, sve_slope=0.0, noise=0.01)
-    verdicts = _verdicts(judge_claims(transfer, spectrum))
+    verdicts = _verdicts(judge_claims(_reference(transfer), spectrum))
     assert verdicts["1a"] == "inconclusive" and verdicts["4a"] == "inconclusive"
 
 
 def test_ood_mean_excludes_the_training_domain_unless_asked():
     transfer, _ = _grid(0, 0, 0, 0, noise=0)
-    m = id_ood_means(transfer).sel({"method": "lp", "noise_ratio": 0.0, "seed": 0})
+    m = id_ood_means(_reference(transfer)).sel({"method": "lp", "noise_ratio": 0.0, "seed": 0})
     assert float(m["ood_mean"]) == pytest.approx(0.5)
-    m = id_ood_means(transfer, include_train_domain=True).sel({"method": "lp", "noise_ratio": 0.0, "seed": 0})
+    m = id_ood_means(_reference(transfer), include_train_domain=True).sel({"method": "lp", "noise_ratio": 0.0, "seed": 0})
     assert float(m["ood_mean"]) == pytest.approx(0.7)
     assert float(m["id_mean"]) == pytest.approx(0.8)
 
@@ -75,3 +93,42 @@ def test_mean_ci_and_verdict_rules():
     assert np.isnan(mean_ci(np.array([1.0]))[1])
     assert verdict(1.0, 0.5, +1) == "supported" and verdict(1.0, 0.5, -1) == "contradicted"
     assert verdict(0.1, 0.5, +1) == "inconclusive" and verdict(1.0, float("nan"), +1) == "inconclusive"
+
+
+def test_claims_per_protocol_and_the_decomposition_adds_up():
+    transfer, spectrum = _grid(id_effect=0.02, ood_effect=-0.2, nmtune_gain=-0.02, sve_slope=1.0, matched_gain=0.02)
+    claims = judge_all(transfer, spectrum)
+    v = {(c.protocol, c.claim.split(".")[0]): c.verdict for c in claims}
+    assert v[("reference", "4a")] == "contradicted" and v[("matched", "4a")] == "supported"
+    assert v[("reference", "2b")] == v[("matched", "2b")] == "supported"
+    d = decomposition(transfer).set_index(["protocol", "noise_ratio", "mean_of", "term"])["mean_points"]
+    for protocol, total in (("reference", -2.0), ("matched", 2.0)):
+        for which in ("ID", "OOD"):
+            parts = d[(protocol, "all", which, "mlp-lp")] + d[(protocol, "all", which, "nmtune-mlp")]
+            assert d[(protocol, "all", which, "nmtune-lp")] == pytest.approx(parts)
+            assert d[(protocol, "all", which, "nmtune-lp")] == pytest.approx(total, abs=0.2)
+            assert d[(protocol, "all", which, "mlp-lp")] == pytest.approx(total / 2, abs=0.2)
+    robust = robustness_table(claims).drop_duplicates("claim").set_index("claim")["robust"]
+    assert not robust["4a"] and robust["2b"]
+
+
+def test_sensitivity_reports_the_growth_of_the_regularisers_effect_with_noise():
+    config = StudyConfig.from_preset("smoke", reg_scales=[1.0, 10.0], single_lambda=0.0)
+    for growth, sign in ((0.1, 1), (-0.1, -1)):
+        transfer, _ = _grid(0, 0, 0.02, 0, noise=0.0001, reg_growth=growth)
+        sens = sensitivity(transfer, task="b", config=config)
+        assert set(sens["variant"]) == {"nmtune", "nmtune_x10"}
+        slope = sens[(sens["variant"] == "nmtune_x10") & (sens["noise_ratio"] == "slope/10%")
+                     & (sens["metric"] == "ood_mean")]
+        assert float(slope["mean_points"].iloc[0]) == pytest.approx(sign * 1.0, abs=0.05)  # 0.1/unit = 1 pt/10%
+        at_zero = sens[(sens["variant"] == "nmtune") & (sens["noise_ratio"] == "0") & (sens["metric"] == "train_domain")]
+        assert float(at_zero["mean_points"].iloc[0]) == pytest.approx(1.0, abs=0.05)  # NMTune − MLP = 0.01
+
+
+def test_stability_agrees_for_a_clear_effect_and_not_for_a_marginal_one():
+    transfer, spectrum = _grid(id_effect=0.02, ood_effect=-0.2, nmtune_gain=0.02, sve_slope=1.0, noise=0.0005)
+    clear = stability(judge_claims(_reference(transfer), spectrum))
+    assert (clear.set_index("claim")["agreement"] == 1.0).all()
+    transfer, spectrum = _grid(id_effect=0.0, ood_effect=0.0, nmtune_gain=0.002, sve_slope=0.0, noise=0.002)
+    marginal = stability(judge_claims(_reference(transfer), spectrum)).set_index("claim")["agreement"]
+    assert marginal["1a"] < 1.0

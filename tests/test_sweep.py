@@ -59,13 +59,36 @@ def test_notebook_03_wrote_the_spectrum(smoke_sweep):
 def test_notebook_04_wrote_transfer_results_above_chance(smoke_sweep):
     ds = xr.open_dataset(_run(smoke_sweep, RUNS[0]) / "transfer.nc", engine="h5netcdf")
     assert set(ds["method"].values) >= {"lp", "mlp", "nmtune"}
-    lp = ds["accuracy"].isel(noise_ratio=0, seed=0).sel({"method": "lp", "task": "mnist5k", "test_domain": "in_domain"})
-    assert float(lp) > 2 * float(ds["chance"].sel(task="mnist5k"))  # clearly above chance
+    for protocol in ("reference", "matched"):
+        lp = ds["accuracy"].isel(noise_ratio=0, seed=0).sel(
+            {"setting": "base", "protocol": protocol, "method": "lp", "task": "mnist5k", "test_domain": "in_domain"})
+        assert float(lp) > 2 * float(ds["chance"].sel(task="mnist5k"))  # clearly above chance
 
 
 def test_notebook_05_wrote_the_claims_table(smoke_sweep):
     claims = json.loads((smoke_sweep / "smoke" / "claims.json").read_text())
     assert claims and all(c["verdict"] in ("supported", "contradicted", "inconclusive") for c in claims)
+    import pandas as pd
+
+    table = pd.read_csv(smoke_sweep / "smoke" / "claims.csv")
+    for protocol in ("reference", "matched"):  # claim 4 under both protocols
+        ids = {c.split(".")[0] for c in table.loc[table["protocol"] == protocol, "claim"]}
+        assert {"4a", "4b", "4c", "4d"} <= ids
+    sens = pd.read_csv(smoke_sweep / "smoke" / "sensitivity.csv")
+    assert {"reg_scale", "noise_ratio", "mean_points", "half_width_points"} <= set(sens.columns)
+    assert set(sens["variant"]) == {"nmtune", "nmtune_x10", "nmtune_single0.01"}  # the smoke preset's scales
+    robust = pd.read_csv(smoke_sweep / "smoke" / "robustness.csv")
+    assert set(robust["setting"]) == {"reference", "matched", "reference, head_epochs=1"}
+    assert (smoke_sweep / "smoke" / "decomposition.csv").exists() and (smoke_sweep / "smoke" / "stability.csv").exists()
+
+
+def test_online_views_run_through_the_whole_sweep_on_a_cpu(tmp_path):
+    """``head_mode=online`` with the default ``device="auto"``: views re-encoded through the backbone every step."""
+    result = _sweep(tmp_path, "--set", "head_mode=online", timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ds = xr.open_dataset(_run(tmp_path, RUNS[0]) / "transfer.nc", engine="h5netcdf")
+    modes = ds["head_mode"].isel(noise_ratio=0, seed=0).sel({"setting": "base", "method": "nmtune"})
+    assert set(modes.values.ravel()) == {"online"}
 
 
 def _digest(root: Path, run: str) -> dict[str, str]:

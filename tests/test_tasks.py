@@ -21,6 +21,10 @@ def test_default_suite_layout_and_no_reuse_of_the_pretraining_split():
     for task in tasks.values():
         assert len(task.train) <= 300 and 0.09 < task.chance < 0.12
         assert task.train_domain in task.tests
+    # a mirrored digit is another glyph: digit tasks never flip their views, Fashion-MNIST tasks do
+    assert {name: t.flip for name, t in tasks.items()} == {
+        "fashion_mnist": True, "mnist5k": False, "uci_digits": False, "fmnist_domains_real": True,
+        "fmnist_domains_sketch": True, "digits_shift": False}
 
 
 @pytest.mark.parametrize("domain", DOMAINS)

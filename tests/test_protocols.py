@@ -1,0 +1,116 @@
+"""The two protocols of claim 4: head specs, the held-out split, the learning-rate choice, sensitivity variants, and
+run_transfer end to end on a tiny frozen backbone (every protocol, setting, ablation and sensitivity head)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nmtune_lib.config import StudyConfig
+from nmtune_lib.data import load_dataset
+from nmtune_lib.protocols import ABLATIONS, head_spec, holdout_split, select_lr, sensitivity_specs
+from nmtune_lib.tasks import IN_DOMAIN, Task
+from nmtune_lib.transfer import run_transfer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_reference_specs_are_the_reference_codes():
+    cfg = StudyConfig.from_preset("default")
+    lp, mlp, nmtune = (head_spec(cfg, m) for m in ("lp", "mlp", "nmtune"))
+    assert (lp.inputs, lp.lr, lp.epochs, lp.batch_size) == ("eval", 1e-2, 30, 64)
+    assert (mlp.inputs, mlp.lr, mlp.w_mse, mlp.w_cov, mlp.w_svd) == ("views", 1e-3, 0, 0, 0)
+    assert (nmtune.w_mse, nmtune.w_cov, nmtune.w_svd) == (1.0, 0.04, 0.001)
+    assert head_spec(cfg, "lp", inputs="views", lr=3e-3).inputs == "views"
+    assert head_spec(cfg, "cov_only").w_cov == 0.04 and head_spec(cfg, "cov_only").w_mse == 0
+    with pytest.raises(ValueError, match="unknown method 'svm'"):
+        head_spec(cfg, "svm")
+
+
+def test_sensitivity_scales_the_three_weights_together_and_adds_the_single_lambda():
+    cfg = StudyConfig.from_preset("default")
+    specs = sensitivity_specs(cfg)
+    assert set(specs) == {"nmtune_x0.1", "nmtune_x10", "nmtune_x100", "nmtune_single0.01"}  # x1 is nmtune itself
+    x10 = specs["nmtune_x10"]
+    assert (x10.w_mse, x10.w_cov, x10.w_svd) == pytest.approx((10.0, 0.4, 0.01))
+    single = specs["nmtune_single0.01"]
+    assert (single.w_mse, single.w_cov, single.w_svd) == (0.01, 0.01, 0.01)
+
+
+def test_holdout_split_is_disjoint_stratified_and_seeded():
+    labels = torch.arange(10).repeat_interleave(50)
+    fit, held = holdout_split(labels, 0.1, seed=3)
+    assert len(held) == 50 and len(fit) == 450 and not set(fit.tolist()) & set(held.tolist())
+    assert torch.equal(labels[held].bincount(), torch.full((10,), 5))
+    assert torch.equal(holdout_split(labels, 0.1, seed=3)[1], held)
+    assert not torch.equal(holdout_split(labels, 0.1, seed=4)[1], held)
+
+
+@pytest.mark.parametrize("best", [1e-3, 1e-2])
+def test_select_lr_fits_on_the_rest_and_scores_on_the_held_out_part(best):
+    cfg = StudyConfig.from_preset("default")
+    labels = torch.arange(5).repeat_interleave(20)
+    seen = []
+
+    def fit(spec, index):
+        seen.append((spec.lr, spec.inputs, set(index.tolist())))
+        return spec.lr
+
+    def score(lr, index):
+        assert not set(index.tolist()) & seen[-1][2]  # scored on samples the head never trained on
+        return 1.0 if lr == best else 0.5
+
+    chosen, accuracy = select_lr(cfg, "nmtune", fit, score, labels, seed=0)
+    assert chosen == best and sorted(accuracy) == [1e-3, 3e-3, 1e-2]
+    assert [s[0] for s in seen] == [1e-3, 3e-3, 1e-2] and {s[1] for s in seen} == {"views"}
+    tie, _ = select_lr(cfg, "nmtune", fit, lambda lr, index: 0.7, labels, seed=0)
+    assert tie == 1e-3  # ties go to the first candidate
+
+
+class PixelBackbone(nn.Module):
+    """A frozen, parameter-free backbone: 4×4-average-pooled pixels (D = 49)."""
+
+    num_features = 49
+
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 4).flatten(1)
+
+
+def test_run_transfer_fits_every_protocol_setting_and_variant():
+    train, test = load_dataset("uci_digits", "train"), load_dataset("uci_digits", "test")
+    gen = torch.Generator().manual_seed(0)
+    train, test = (s.subset(torch.randperm(len(s), generator=gen)[:n]) for s, n in ((train, 400), (test, 200)))
+    tasks = [Task("digits", "id", train, {IN_DOMAIN: test}, flip=False),
+             Task("digits_ood", "ood", train, {"a": test, "b": test}, train_domain="a", flip=False)]
+    cfg = StudyConfig.from_preset("smoke", ablation=True, ablation_task="digits_ood", robustness=["head_epochs=1"],
+                                  reg_scales=[1.0, 10.0], lr_grid=[1e-3, 1e-2], head_epochs=5)
+    lines = []
+    ds = run_transfer(PixelBackbone(), tasks, cfg, noise_ratio=0.1, seed=0, checkpoint_hash="x", log=lines.append)
+    assert list(ds["setting"].values) == ["base", "head_epochs=1"]
+    assert list(ds["protocol"].values) == ["reference", "matched"]
+    acc = ds["accuracy"].isel(noise_ratio=0, seed=0)
+    main = ["lp", "mlp", "nmtune"]
+    assert np.isfinite(acc.sel({"setting": "base", "method": main}).sel(test_domain=IN_DOMAIN, task="digits")).all()
+    assert acc.sel({"setting": "base", "method": main}).sel(task="digits", test_domain=IN_DOMAIN).min() > 0.2  # chance 0.1
+    # robustness settings rerun the reference protocol only
+    assert np.isnan(acc.sel({"setting": "head_epochs=1", "protocol": "matched"})).all()
+    # the ablation and sensitivity heads: base setting, reference protocol, the ablation task only
+    extra = [*ABLATIONS, "nmtune_x10", "nmtune_single0.01"]
+    variants = acc.sel({"method": extra})
+    assert np.isfinite(variants.sel(setting="base", protocol="reference", task="digits_ood", test_domain="b")).all()
+    assert np.isnan(variants.sel(task="digits")).all() and np.isnan(variants.sel(protocol="matched")).all()
+    lr = ds["lr"].isel(noise_ratio=0, seed=0).sel(setting="base")
+    assert lr.sel({"protocol": "reference", "method": "lp"}).values.tolist() == [1e-2, 1e-2]
+    assert set(lr.sel({"protocol": "matched", "method": main}).values.ravel()) <= {1e-3, 1e-2}
+    modes = ds["head_mode"].isel(noise_ratio=0, seed=0).sel(setting="base", task="digits")
+    assert modes.sel({"protocol": "reference", "method": "lp"}) == "eval"
+    assert modes.sel({"protocol": "matched", "method": "lp"}) == "cached"
+    assert ds["selection_accuracy"].sizes["candidate_lr"] == 2
+    # tasks sharing a training set share their heads: nothing is fitted twice
+    fits = [line.rsplit(":", 1)[0] for line in lines]  # "<task> <method> lr … × … epochs (<mode>, <samples>)"
+    assert len(fits) == len(set(fits)) and all(f.split()[0] == "digits" for f in fits)
+    # 3 reference + 2×3 selection + ≤3 matched refits + 6 ablation + 2 sensitivity + 3 for head_epochs=1
+    assert 20 <= len(fits) <= 23
+    assert list(ds["view_flip"].values) == [0, 0]
