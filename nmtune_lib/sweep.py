@@ -200,6 +200,9 @@ def render_html(notebook: Path, out: Path) -> Path:
 def report(config: StudyConfig, out_root: Path, *, all_seeds: bool = False) -> Path:
     """Render the summary and the executed run notebooks (seed 0 of each ratio unless ``all_seeds``) into
     ``out_root/<preset>/`` and write ``index.html`` with the claims table on top."""
+    if not config.preset_dir().is_dir():
+        raise ValueError(f"no runs of preset {config.preset!r} under {Path(config.run_root).resolve()}: run "
+                         f"'nmtune sweep --preset {config.preset}' first, or pass the --run-root it used")
     out = out_root / config.preset
     out.mkdir(parents=True, exist_ok=True)
     pages: list[tuple[str, str]] = []
@@ -275,25 +278,28 @@ def _config_from_args(args: argparse.Namespace) -> StudyConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .config import NOISE_KINDS, PRESETS
+    from .data import DATASETS
+
     parser = argparse.ArgumentParser(prog="nmtune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sw = sub.add_parser("sweep", help="execute notebooks 01-04 per (noise ratio, seed), then 05")
-    sw.add_argument("--preset", default="default")
-    sw.add_argument("--noise-ratios", nargs="+", type=float)
-    sw.add_argument("--seeds", nargs="+", type=int)
-    sw.add_argument("--noise-kind")
-    sw.add_argument("--dataset")
-    sw.add_argument("--jobs", type=int, default=1, help="(ratio, seed) runs in parallel processes")
-    sw.add_argument("--run-root", default="runs")
+    sw.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
+    sw.add_argument("--noise-ratios", nargs="+", type=float, help="default: the preset's")
+    sw.add_argument("--seeds", nargs="+", type=int, help="default: the preset's")
+    sw.add_argument("--noise-kind", choices=list(NOISE_KINDS), help="default: the preset's")
+    sw.add_argument("--dataset", choices=list(DATASETS), help="pre-training dataset; default: the preset's")
+    sw.add_argument("--jobs", type=int, default=1, help="(ratio, seed) runs in parallel processes (default: %(default)s)")
+    sw.add_argument("--run-root", default="runs", help="root of the run directories (default: %(default)s)")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a StudyConfig field in every notebook, e.g. --set epochs=3")
     sw.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
                     help="a notebook parameter (e.g. device=cpu), passed to the notebooks that declare it")
     sw.add_argument("--no-summary", action="store_true", help="skip notebook 05")
     rp = sub.add_parser("report", help="render executed notebooks to HTML with an index")
-    rp.add_argument("--preset", default="default")
-    rp.add_argument("--run-root", default="runs")
-    rp.add_argument("--out", default="reports")
+    rp.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
+    rp.add_argument("--run-root", default="runs", help="the sweep's run root (default: %(default)s)")
+    rp.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
     rp.add_argument("--all-seeds", action="store_true", help="render every seed, not only seed 0")
     args = parser.parse_args(argv)
     try:

@@ -152,3 +152,11 @@ def test_report_index_links_every_rendered_notebook(smoke_sweep, tmp_path):
         if page.endswith(("01_noise_injection.html", "02_pretrain.html", "05_summary.html")):
             assert "data:image/png;base64" in (tmp_path / "smoke" / page).read_text()  # figures embedded
     assert "<table>" in index and any(v in index for v in ("supported", "inconclusive", "contradicted"))
+
+
+def test_report_on_a_missing_run_root_fails_naming_it(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = subprocess.run([*NMTUNE, "report", "--run-root", str(missing), "--out", str(tmp_path / "out")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and str(missing) in result.stderr and "nmtune sweep" in result.stderr
+    assert not (tmp_path / "out").exists()
