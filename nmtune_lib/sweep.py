@@ -201,7 +201,7 @@ def report(config: StudyConfig, out_root: Path, *, all_seeds: bool = False) -> P
     """Render the summary and the executed run notebooks (seed 0 of each ratio unless ``all_seeds``) into
     ``out_root/<preset>/`` and write ``index.html`` with the claims table on top."""
     if not config.preset_dir().is_dir():
-        raise ValueError(f"no runs of preset {config.preset!r} under {Path(config.run_root).resolve()}: run "
+        raise ValueError(f"no runs of preset {config.preset!r} under {config.run_root}: run "
                          f"'nmtune sweep --preset {config.preset}' first, or pass the --run-root it used")
     out = out_root / config.preset
     out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--noise-kind", choices=list(NOISE_KINDS), help="default: the preset's")
     sw.add_argument("--dataset", choices=list(DATASETS), help="pre-training dataset; default: the preset's")
     sw.add_argument("--jobs", type=int, default=1, help="(ratio, seed) runs in parallel processes (default: %(default)s)")
-    sw.add_argument("--run-root", default="runs", help="root of the run directories (default: %(default)s)")
+    sw.add_argument("--run-root", default="", help="root of the run directories (default: $NMTUNE_RUNS, else "
+                    "<project root>/runs; a relative path is taken from the project root)")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a StudyConfig field in every notebook, e.g. --set epochs=3")
     sw.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
@@ -298,8 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--no-summary", action="store_true", help="skip notebook 05")
     rp = sub.add_parser("report", help="render executed notebooks to HTML with an index")
     rp.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
-    rp.add_argument("--run-root", default="runs", help="the sweep's run root (default: %(default)s)")
-    rp.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
+    rp.add_argument("--run-root", default="", help="the sweep's run root (default: $NMTUNE_RUNS, else <project "
+                    "root>/runs)")
+    rp.add_argument("--out", default=str(ROOT / "reports"), help="report folder (default: %(default)s)")
     rp.add_argument("--all-seeds", action="store_true", help="render every seed, not only seed 0")
     args = parser.parse_args(argv)
     try:
