@@ -9,7 +9,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 PRESET ?= default
 JOBS   ?= 2
 
-.PHONY: study test setup data sweep report bench clean-runs
+.PHONY: study test setup data sweep report bench clean-runs lock
 
 study: setup data
 	$(VENV)/bin/nmtune sweep --preset $(PRESET) --jobs $(JOBS)
@@ -20,11 +20,12 @@ test: setup data
 
 setup: $(STAMP)
 
-# Idempotent: the venv is made once and re-installed only when pyproject.toml changes.
+# Idempotent: the venv is made once and re-installed only when pyproject.toml or constraints.txt changes. Every
+# package is pinned by constraints.txt, so a rerun in a year resolves the same versions (make lock renews it).
 # The kernelspec goes into the venv (--sys-prefix), never into the user's home.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | sed '/is ignored: it is neither a file nor a directory/d'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 | sed '/is ignored: it is neither a file nor a directory/d'
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nmtune-study)" >/dev/null
 	touch $(STAMP)
 
@@ -58,6 +59,14 @@ bench: setup data
 	$(PY) bench/pretrain_throughput.py
 	$(PY) bench/spectrum_speed.py
 	$(PY) bench/head_tuning.py
+
+# Re-resolve the environment from pyproject.toml alone, in a scratch venv, and pin the result.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	{ echo "# Every package of the study's environment, pinned (make lock regenerates it; make setup installs with it)."; \
+	  .lock-venv/bin/pip freeze --exclude-editable; } > constraints.txt
+	rm -rf .lock-venv
 
 clean-runs:
 	rm -rf runs/$(PRESET)

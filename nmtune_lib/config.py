@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, get_type_hints
@@ -81,12 +82,13 @@ class StudyConfig:
     # --- runtime --------------------------------------------------------------------------------------------
     device: str = "auto"
     num_threads: int = 0  # 0 = all cores
-    run_root: str = "runs"
+    run_root: str = ""  # "" = $NMTUNE_RUNS, else <project root>/runs; a relative path is taken from the project root
     data_root: str = ""  # "" = the search order of nmtune_lib.data
     progress: bool = True  # tqdm bars (off in batch runs: one printed line per epoch instead)
 
     def __post_init__(self) -> None:
         _coerce_and_check_types(self)
+        object.__setattr__(self, "run_root", str(resolve_run_root(self.run_root)))
         _check_values(self)
 
     # --- construction ---------------------------------------------------------------------------------------
@@ -160,6 +162,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         compile=True, head_mode="online", views=8, feature_batch_size=4096,
     ),
 }
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_run_root(run_root: str | Path = "") -> Path:
+    """Where runs live, whatever the working directory (a JupyterLab kernel starts in ``notebooks/``):
+    ``""`` → ``$NMTUNE_RUNS`` if set, else ``<project root>/runs``; a relative path → below the project root (the
+    folder holding ``notebooks/``; the working directory when the package is installed without the project)."""
+    run_root = str(run_root) or os.environ.get("NMTUNE_RUNS", "") or "runs"
+    path = Path(run_root).expanduser()
+    if path.is_absolute():
+        return path
+    base = PROJECT_ROOT if (PROJECT_ROOT / "notebooks").is_dir() else Path.cwd()
+    return base / path
 
 
 def parse_assignments(pairs: Sequence[str]) -> dict[str, Any]:
@@ -298,7 +315,6 @@ def _check_values(cfg: StudyConfig) -> None:
     need(cfg.task_subset >= 0, "task_subset", "0 (all) or a positive sample count")
     need(cfg.device in DEVICES or cfg.device.startswith("cuda:"), "device", f"one of {', '.join(DEVICES)} or 'cuda:N'")
     need(cfg.num_threads >= 0, "num_threads", "0 (all cores) or a positive thread count")
-    need(bool(cfg.run_root), "run_root", "a non-empty path")
     # last: a robustness setting is checked by building the changed config, so every other field must be valid
     for setting in cfg.robustness:
         try:

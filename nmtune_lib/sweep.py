@@ -13,6 +13,7 @@ import concurrent.futures as futures
 import html
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -186,14 +187,24 @@ def _grid_fields(config: StudyConfig) -> dict[str, Any]:
 
 # --- reports ---------------------------------------------------------------------------------------------------------
 
-def render_html(notebook: Path, out: Path) -> Path:
-    """One executed notebook → one self-contained HTML file (lab template, no input cells, figures embedded)."""
+PAGE_STYLE = "<style>.jp-RenderedHTMLCommon table{display:block;max-width:100%;overflow-x:auto}</style>"
+
+
+def render_html(notebook: Path, out: Path, *, title: str = "") -> Path:
+    """One executed notebook → one self-contained HTML file (lab template, no input cells, figures embedded), with
+    ``title`` as its title, a link back to the report's ``index.html`` and wide tables scrolling inside the page."""
     import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
                             exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    title = title or notebook.stem
+    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4),
+                                          resources={"metadata": {"name": title}})
+    back = (f'<p style="margin:1em 2em"><a href="index.html">← nmtune-study report index</a> · '
+            f'{html.escape(title)}</p>')
+    body = body.replace("</head>", PAGE_STYLE + "</head>", 1)
+    body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + back, body, count=1)
     return atomic_write_text(out, body)
 
 
@@ -201,14 +212,14 @@ def report(config: StudyConfig, out_root: Path, *, all_seeds: bool = False) -> P
     """Render the summary and the executed run notebooks (seed 0 of each ratio unless ``all_seeds``) into
     ``out_root/<preset>/`` and write ``index.html`` with the claims table on top."""
     if not config.preset_dir().is_dir():
-        raise ValueError(f"no runs of preset {config.preset!r} under {Path(config.run_root).resolve()}: run "
+        raise ValueError(f"no runs of preset {config.preset!r} under {config.run_root}: run "
                          f"'nmtune sweep --preset {config.preset}' first, or pass the --run-root it used")
     out = out_root / config.preset
     out.mkdir(parents=True, exist_ok=True)
     pages: list[tuple[str, str]] = []
     summary = config.preset_dir() / f"{SUMMARY_NOTEBOOK}.ipynb"
     if summary.exists():
-        render_html(summary, out / f"{SUMMARY_NOTEBOOK}.html")
+        render_html(summary, out / f"{SUMMARY_NOTEBOOK}.html", title=f"{config.preset}: summary")
         pages.append(("Summary: the paper's claims, figures and tables", f"{SUMMARY_NOTEBOOK}.html"))
     seeds = config.seeds if all_seeds else config.seeds[:1]
     for ratio in config.noise_ratios:
@@ -218,7 +229,7 @@ def report(config: StudyConfig, out_root: Path, *, all_seeds: bool = False) -> P
                 notebook = run_dir / f"{name}.ipynb"
                 if notebook.exists():
                     target = f"{config.noise_kind}-{ratio:.2f}_seed{seed}_{name}.html"
-                    render_html(notebook, out / target)
+                    render_html(notebook, out / target, title=f"{config.preset}: noise {ratio:.0%}, seed {seed}, {name}")
                     pages.append((f"noise {ratio:.0%} · seed {seed} · {name}", target))
     figures = sorted(config.preset_dir().glob("*.png"))  # the summary's key figures, shown on the index
     tables = sorted(config.preset_dir().glob("*.csv"))  # claims, decomposition, sensitivity, robustness, stability
@@ -290,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--noise-kind", choices=list(NOISE_KINDS), help="default: the preset's")
     sw.add_argument("--dataset", choices=list(DATASETS), help="pre-training dataset; default: the preset's")
     sw.add_argument("--jobs", type=int, default=1, help="(ratio, seed) runs in parallel processes (default: %(default)s)")
-    sw.add_argument("--run-root", default="runs", help="root of the run directories (default: %(default)s)")
+    sw.add_argument("--run-root", default="", help="root of the run directories (default: $NMTUNE_RUNS, else "
+                    "<project root>/runs; a relative path is taken from the project root)")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a StudyConfig field in every notebook, e.g. --set epochs=3")
     sw.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
@@ -298,8 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--no-summary", action="store_true", help="skip notebook 05")
     rp = sub.add_parser("report", help="render executed notebooks to HTML with an index")
     rp.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
-    rp.add_argument("--run-root", default="runs", help="the sweep's run root (default: %(default)s)")
-    rp.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
+    rp.add_argument("--run-root", default="", help="the sweep's run root (default: $NMTUNE_RUNS, else <project "
+                    "root>/runs)")
+    rp.add_argument("--out", default=str(ROOT / "reports"), help="report folder (default: %(default)s)")
     rp.add_argument("--all-seeds", action="store_true", help="render every seed, not only seed 0")
     args = parser.parse_args(argv)
     try:

@@ -31,12 +31,13 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-def run_notebook(name: str, out_dir: Path, **parameters):
-    """Execute notebooks/<name>.ipynb with papermill (kernel python3 from this venv) and return the output path."""
+def run_notebook(name: str, out_dir: Path, *, cwd: Path = ROOT, **parameters):
+    """Execute notebooks/<name>.ipynb with papermill (kernel python3 from this venv, started in ``cwd``) and return
+    the output path."""
     import papermill as pm
 
     os.environ["JUPYTER_PATH"] = str(Path(sys.prefix) / "share" / "jupyter")  # the venv's kernelspec first
     out = out_dir / f"{name}.ipynb"
     pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), parameters=parameters,
-                        kernel_name="python3", cwd=str(ROOT), progress_bar=False)
+                        kernel_name="python3", cwd=str(cwd), progress_bar=False)
     return out

@@ -34,3 +34,54 @@ def test_notebook_01_writes_a_manifest_with_the_exact_ratio(tmp_path):
     run_notebook("01_noise_injection", tmp_path, preset="smoke", noise_ratio=0.2, seed=1, run_root=str(tmp_path))
     manifest = json.loads(next(Path(tmp_path).glob("smoke/**/noise_manifest.json")).read_text())
     assert manifest["realised_ratio"] == 0.2 and manifest["num_flipped"] == 400 and manifest["seed"] == 1
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_parameter_is_declared_once_with_a_type_and_checked_next(path):
+    from nmtune_lib.parameters import declared_parameters
+
+    nb = nbformat.read(str(path), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    declared = declared_parameters(path)
+    assert len(declared) == len(code[0].source.splitlines())  # papermill parsed every line
+    assert all(p["inferred_type_name"] not in ("None", "") for p in declared.values())  # typed for --help-notebook
+    assert f'check_parameters(globals(), "{path.stem}")' in code[1].source  # the strict check comes next
+
+
+def test_check_parameters_names_the_unknown_and_the_mistyped():
+    from nmtune_lib.parameters import check_parameters
+
+    good = dict(preset="smoke", dataset="fashion_mnist", noise_ratio=0, noise_kind="symmetric", seed=1, run_root="",
+                overrides="{}", out_dir="", In=[], get_ipython=None, _i1="")
+    assert check_parameters(good, "01_noise_injection")["noise_ratio"] == 0
+    with pytest.raises(ValueError, match=r"'noise_ration' \(did you mean 'noise_ratio'\?\); this notebook takes: "):
+        check_parameters({**good, "noise_ration": 0.2}, "01_noise_injection")
+    with pytest.raises(ValueError, match="seed='1': expected int"):
+        check_parameters({**good, "seed": "1"}, "01_noise_injection")
+    with pytest.raises(ValueError, match="seed=True: expected int"):
+        check_parameters({**good, "seed": True}, "01_noise_injection")
+
+
+@needs_fmnist
+def test_a_mistyped_papermill_parameter_fails_before_anything_is_written(tmp_path):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError, match="noise_ration"):
+        run_notebook("01_noise_injection", tmp_path, preset="smoke", noise_ration=0.2, run_root=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+
+
+@needs_fmnist
+def test_notebooks_write_under_the_projects_runs_whatever_the_working_directory(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("NMTUNE_RUNS", raising=False)
+    run_dir = ROOT / "runs" / "smoke" / "fashion_mnist" / "symmetric-0.20" / "seed917"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        run_notebook("01_noise_injection", tmp_path, cwd=ROOT / "notebooks", preset="smoke", noise_ratio=0.2,
+                     seed=917)
+        assert (run_dir / "noise_manifest.json").is_file()
+        assert not (ROOT / "notebooks" / "runs").exists()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)

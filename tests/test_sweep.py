@@ -149,6 +149,8 @@ def test_report_index_links_every_rendered_notebook(smoke_sweep, tmp_path):
     assert len(pages) == 1 + 4 * len(RUNS)  # the summary and four notebooks per run (seed 0)
     for page in pages:
         assert f'href="{page}"' in index
+        text = (tmp_path / "smoke" / page).read_text()
+        assert 'href="index.html"' in text and "<title>smoke: " in text  # a title and a way back
         if page.endswith(("01_noise_injection.html", "02_pretrain.html", "05_summary.html")):
             assert "data:image/png;base64" in (tmp_path / "smoke" / page).read_text()  # figures embedded
     assert "<table>" in index and any(v in index for v in ("supported", "inconclusive", "contradicted"))
