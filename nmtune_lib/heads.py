@@ -17,9 +17,9 @@ Where the two views of a step come from is a *view source*, a callable ``(index,
 - ``CachedViews`` (mode ``"cached"``): K augmented views of every image encoded once (N×K×D); each step draws two
   *different* views per image with the seeded generator. K bounds the augmentation diversity and sets the one-off
   encoding cost (``StudyConfig.views``); ``bench/head_tuning.py`` measures the accuracy/time trade-off against online.
-  Measured there (MNIST-5k, warmed-up resnet_narrow, 30 epochs, 3 seeds, CPU): cached − online test accuracy was
-  −4.8 / −1.7 / −0.3 / +0.3 points for K = 2 / 4 / 8 / 16 — with few views the head memorises them (train CE 0.03 at
-  K = 2 vs 0.70 online) — so K ≥ 8 reproduces the online numbers.
+  Measured there with the earlier 0.35-1.0 crops (MNIST-5k, warmed-up resnet_narrow, 30 epochs, 3 seeds, CPU):
+  cached − online test accuracy was −4.8 / −1.7 / −0.3 / +0.3 points for K = 2 / 4 / 8 / 16 — with few views the
+  head memorises them (train CE 0.03 at K = 2 vs 0.70 online) — so K ≥ 8 reproduced the online numbers then.
 - ``OnlineViews`` (mode ``"online"``): re-encodes two fresh augmentations of each image at every step through the
   frozen backbone, exactly as the reference code does (the GPU path).
 - a plain N×D matrix (mode ``"features"``): both views are the features themselves, optionally perturbed by Gaussian
@@ -466,7 +466,8 @@ class NMTuneClassifier(ClassifierMixin, BaseEstimator):
     ``fit(X, y)``: X is N×D (eval features) or N×K×D (K cached augmented views per sample, the paper's two-view
     NMTune with two different views drawn per step). With N×D, ``nmtune`` and ``mlp`` take both views from X itself:
     identical views when ``feature_noise`` = 0 (default), else each view plus independent Gaussian noise of
-    ``feature_noise`` × the per-feature standard deviation. ``lp`` on N×K×D trains on two views (the matched protocol).
+    ``feature_noise`` × the per-feature standard deviation. ``lp`` on N×K×D trains on two views (the matched
+    protocol).
     ``predict``/``predict_proba``/``score`` take eval features N×D; they run in float64 (except on MPS) so that a
     sample's output does not depend on the other rows of its batch.
 
