@@ -107,10 +107,15 @@ def run_transfer(backbone, tasks: Sequence[Any], config, *, noise_ratio: float, 
 
     device = resolve_device(str(device))
 
+    loaded: dict[tuple, torch.Tensor] = {}  # one extraction (or cache read) per image set, transform and K per run
+
     def features(image_set, transform="eval", views=1):
-        return extract_features(backbone, image_set, transform=transform, views=views, seed=seed, device=device,
-                                batch_size=config.feature_batch_size, cache_dir=cache_dir,
-                                checkpoint_hash=checkpoint_hash, progress=progress)
+        key = (id(image_set), transform, views)  # the tasks keep every image set alive for the whole run
+        if key not in loaded:
+            loaded[key] = extract_features(backbone, image_set, transform=transform, views=views, seed=seed,
+                                           device=device, batch_size=config.feature_batch_size, cache_dir=cache_dir,
+                                           checkpoint_hash=checkpoint_hash, progress=progress)
+        return loaded[key]
 
     methods = list(config.methods)
     scores: list[Score] = []
