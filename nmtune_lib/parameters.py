@@ -14,7 +14,9 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+from .config import PROJECT_ROOT
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 _KERNEL_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open", "display"}  # what IPython puts in a namespace
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
                                        "list": (list, tuple), "dict": (dict,)}

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .config import PROJECT_ROOT as ROOT
 from .config import StudyConfig, parse_assignments
 from .files import atomic_write, atomic_write_json, atomic_write_text
+from .parameters import NOTEBOOK_DIR, declared_parameters
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = ROOT / "notebooks"
 RUN_NOTEBOOKS = ("01_noise_injection", "02_pretrain", "03_spectrum", "04_transfer")
 SUMMARY_NOTEBOOK = "05_summary"
 MANAGED = ("preset", "dataset", "noise_ratio", "noise_kind", "seed", "run_root", "progress", "overrides")
@@ -40,20 +40,13 @@ class RunSpec:
     parameters: dict[str, dict[str, Any]]  # notebook name -> parameters
 
 
-def notebook_parameters(name: str) -> dict[str, Any]:
-    """The parameters declared in a notebook's ``parameters`` cell (papermill's own parser)."""
-    import papermill as pm
-
-    return pm.inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"))
-
-
 def plan(config: StudyConfig, overrides: dict[str, Any], extra: dict[str, Any] | None = None) -> list[RunSpec]:
     """Every (ratio, seed) chain with per-notebook parameters, validated against each notebook before any compute.
 
     ``extra`` holds notebook parameters given with ``--param``: each must be declared by at least one notebook and
     must not be one the sweep sets itself.
     """
-    declared = {name: notebook_parameters(name) for name in (*RUN_NOTEBOOKS, SUMMARY_NOTEBOOK)}
+    declared = {name: declared_parameters(name) for name in (*RUN_NOTEBOOKS, SUMMARY_NOTEBOOK)}
     for name, params in declared.items():
         missing = [p for p in ("preset", "run_root", "overrides") if p not in params]
         if missing:
@@ -76,7 +69,7 @@ def plan(config: StudyConfig, overrides: dict[str, Any], extra: dict[str, Any] |
 
 
 def summary_parameters(config: StudyConfig, overrides: dict[str, Any]) -> dict[str, Any]:
-    declared = notebook_parameters(SUMMARY_NOTEBOOK)
+    declared = declared_parameters(SUMMARY_NOTEBOOK)
     values = dict(preset=config.preset, dataset=config.dataset, noise_kind=config.noise_kind, run_root=config.run_root,
                   overrides=json.dumps(overrides))
     return {k: v for k, v in values.items() if k in declared}
