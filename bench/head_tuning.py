@@ -45,8 +45,10 @@ from nmtune_lib.augment import ViewAugment, random_crop_flip, to_float  # noqa: 
 from nmtune_lib.data import load_dataset  # noqa: E402
 from nmtune_lib.features import extract_features  # noqa: E402
 from nmtune_lib.files import atomic_write_json  # noqa: E402
-from nmtune_lib.heads import HEAD_DEFAULTS, OnlineViews, fit_head  # noqa: E402
 from nmtune_lib.models import create_backbone, file_sha256, freeze, resolve_device  # noqa: E402
+from nmtune_lib.reference import BATCH_SIZE, EPOCHS  # noqa: E402
+from nmtune_lib.tuning import fit_head  # noqa: E402
+from nmtune_lib.views import OnlineViews  # noqa: E402
 
 TARGET_RATIO, TARGET_ACC_POINTS = 20.0, 0.5
 RESULTS = Path(__file__).resolve().parent / "results" / "head_tuning.json"
@@ -60,8 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=None, help="pre-trained backbone weights; none = a short warm-up")
     p.add_argument("--warmup-steps", type=int, default=300,
                    help="SGD steps of warm-up pre-training when no --checkpoint is given")
-    p.add_argument("--epochs", type=int, default=HEAD_DEFAULTS["epochs"], help="head epochs (30 = the paper's)")
-    p.add_argument("--batch-size", type=int, default=HEAD_DEFAULTS["batch_size"])
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="head epochs (30 = the paper's)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--views", default="2,4,8", help="comma-separated K values for the cached mode")
     p.add_argument("--train-subset", type=int, default=0, help="0 = the whole training split")
     p.add_argument("--seed", type=int, default=0, help="seed of the backbone (init, warm-up) and the test set")

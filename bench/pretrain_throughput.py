@@ -1,4 +1,4 @@
-"""Pre-training throughput: the in-memory device path of nmtune_lib.pretrain against a plain DataLoader + eager loop.
+"""Pre-training throughput: the in-memory device path of nmtune_lib.pretrain (recipe.py) against a plain DataLoader + eager loop.
 
 For the `default` preset's model on the CPU and, where CUDA exists, the `paper` preset's model on the GPU, one run
 measures images/second of a training step (augmentation, forward, backward, SGD step) along two paths on the same
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from nmtune_lib.config import StudyConfig  # noqa: E402
 from nmtune_lib.models import create_backbone  # noqa: E402
-from nmtune_lib.pretrain import FLIP, PAD, augment_batch, make_optimizer, train_step  # noqa: E402
+from nmtune_lib.recipe import FLIP, PAD, augment_batch, make_optimizer, train_step  # noqa: E402
 
 
 def load_train(dataset: str) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -142,13 +142,14 @@ def full_run(preset: str) -> dict:
     from nmtune_lib.data import pretraining_data
     from nmtune_lib.noise import inject_label_noise
     from nmtune_lib.pretrain import pretrain
+    from nmtune_lib.run import Run
 
     config = StudyConfig.from_preset(preset, progress=False)
     train, test = pretraining_data(config)
     clean = inject_label_noise(train.labels, 0.0, num_classes=train.num_classes, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        summary = pretrain(config, train, clean, test, tmp, seed=0)
+        summary = pretrain(Run.of(config.replace(run_root=tmp), 0.0, 0), train, clean, test)
         wall = time.perf_counter() - start
     return dict(preset=preset, model=config.model, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                 final_test_acc=summary["final_test_acc"], seconds=round(wall, 2),

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import reference as ref
+
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images in [0, 255] → float32 in [0, 1]; float input is returned as float32 unchanged."""
@@ -48,14 +50,15 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, *, padding: in
     return random_flip(x, generator) if flip else x
 
 
-def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *, scale: tuple[float, float] = (0.8, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *,
+                        scale: tuple[float, float] = ref.VIEW_CROP_SCALE,
+                        ratio: tuple[float, float] = ref.VIEW_CROP_RATIO, flip: bool = True) -> torch.Tensor:
     """The weak view augmentation of NMTune: a random-resized crop (area fraction in ``scale``, aspect ratio in
     ``ratio``, log-uniform) resampled bilinearly to the input size, then (``flip``) a horizontal flip.
 
-    The defaults are the reference code's view transform for timm models (docs/paper.md, "Views"): scale (0.8, 1.0),
-    torchvision's ratio range and a flip. Implemented as one batched affine ``grid_sample``; crops are clipped to lie
-    inside the image.
+    The defaults are the reference code's view transform for timm models (docs/paper.md, "Views"):
+    ``reference.VIEW_CROP_SCALE``, ``VIEW_CROP_RATIO`` (torchvision's ratio range) and a flip. Implemented as one
+    batched affine ``grid_sample``; crops are clipped to lie inside the image.
     """
     n = len(x)
     area = scale[0] + (scale[1] - scale[0]) * _rand(n, generator, x.device)
@@ -80,8 +83,8 @@ class ViewAugment:
     ``name`` spells every setting; it enters the feature-cache key and the results.
     """
 
-    scale: tuple[float, float] = (0.8, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    scale: tuple[float, float] = ref.VIEW_CROP_SCALE
+    ratio: tuple[float, float] = ref.VIEW_CROP_RATIO
     flip: bool = True
 
     @property

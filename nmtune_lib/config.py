@@ -12,15 +12,17 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, get_type_hints
+
+from . import reference as ref
+from .reference import METHODS
 
 NOISE_KINDS = ("symmetric", "asymmetric", "instance")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HEAD_MODES = ("cached", "online")
 CENTERINGS = ("column", "row", "none")
-METHODS = ("lp", "mlp", "nmtune")
 PROTOCOLS = ("reference", "matched")  # docs/paper.md "Two protocols for claim 4"
 ROBUSTNESS_FIELDS = ("head_epochs", "views", "head_mode")  # head settings a robustness variant may change
 
@@ -60,18 +62,18 @@ class StudyConfig:
     protocols: tuple[str, ...] = PROTOCOLS  # "reference" (the reference code) and/or "matched" (a fair comparison)
     lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # matched protocol: candidate learning rates of every head
     holdout_fraction: float = 0.1  # matched protocol: share of a head's training set held out to pick its lr
-    head_epochs: int = 30
-    head_batch_size: int = 64
-    lp_lr: float = 1e-2
-    mlp_lr: float = 1e-3
-    head_weight_decay: float = 1e-4
-    w_mse: float = 1.0  # consistency (MSE) weight
-    w_cov: float = 0.04  # covariance weight
-    w_svd: float = 0.001  # dominant-singular-value weight
-    svd_top_k: int = 5
+    head_epochs: int = ref.EPOCHS
+    head_batch_size: int = ref.BATCH_SIZE
+    lp_lr: float = ref.LP_LR
+    mlp_lr: float = ref.MLP_LR
+    head_weight_decay: float = ref.WEIGHT_DECAY
+    w_mse: float = ref.W_MSE  # consistency (MSE) weight
+    w_cov: float = ref.W_COV  # covariance weight
+    w_svd: float = ref.W_SVD  # dominant-singular-value weight
+    svd_top_k: int = ref.SVD_TOP_K
     views: int = 4  # K augmented views cached per training image ("cached" mode)
-    view_crop_scale: tuple[float, ...] = (0.8, 1.0)  # random-resized-crop area range of the views (reference code)
-    view_crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)  # its aspect-ratio range (torchvision's default)
+    view_crop_scale: tuple[float, ...] = ref.VIEW_CROP_SCALE  # random-resized-crop area range of views
+    view_crop_ratio: tuple[float, ...] = ref.VIEW_CROP_RATIO  # its aspect-ratio range (torchvision's default)
     head_mode: str = "cached"  # "cached" K-view features or "online" re-encoding through the backbone
     task_subset: int = 0  # 0 = every downstream training sample; >0 = at most this many per task (smoke)
     ablation: bool = True  # notebook 04 also runs each regulariser alone and left out, and the sensitivity
@@ -138,13 +140,6 @@ class StudyConfig:
         keys = ("dataset", "noise_kind", "model", "small_stem", "img_size", "train_subset", "epochs",
                 "batch_size", "lr", "momentum", "weight_decay", "label_smoothing")
         return {k: getattr(self, k) for k in keys}
-
-    def run_dir(self, noise_ratio: float, seed: int) -> Path:
-        """``<run_root>/<preset>/<dataset>/<noise_kind>-<ratio>/seed<k>``: where one (ratio, seed) run lives."""
-        return Path(self.run_root) / self.preset / self.dataset / f"{self.noise_kind}-{noise_ratio:.2f}" / f"seed{seed}"
-
-    def preset_dir(self) -> Path:
-        return Path(self.run_root) / self.preset
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -10,7 +10,7 @@ name. ``load_dataset(name, split)`` returns one for the offline datasets of the 
 - ``uci_digits``: the 1,797 UCI 8×8 digits shipped inside scikit-learn, resized to 20×20 and padded to 28×28 (the
   framing of MNIST, whose digits sit in a 20×20 box); fixed stratified 1,257 / 540 split.
 
-Paper-scale loaders (torchvision datasets and image folders on the user's disk) live in ``paper_data``.
+Paper-scale loaders live in ``paper_data`` (torchvision datasets) and ``image_folders`` (folders on the user's disk).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import gzip
 import os
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,11 +104,15 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
 # --- Fashion-MNIST -----------------------------------------------------------------------------------------------
 
 def fashion_mnist_search_path(root: str | os.PathLike | None = None) -> list[Path]:
-    """Folders searched for the idx files, in order (each also as ``<dir>/FashionMNIST/raw``, torchvision's)."""
-    dirs = [Path(root)] if root else []
-    if os.environ.get("NMTUNE_DATA"):
-        dirs.append(Path(os.environ["NMTUNE_DATA"]))
-    dirs.append(DEBIAN_FMNIST)
+    """Folders searched for the idx files, in order (each also as ``<dir>/FashionMNIST/raw``, torchvision's).
+
+    A ``root`` that is given is the only place searched: a wrong data root is an error, never a silent fallback
+    to another copy. Without one: ``$NMTUNE_DATA``, then Debian's dataset-fashion-mnist folder."""
+    if root:
+        dirs = [Path(root)]
+    else:
+        dirs = [Path(os.environ["NMTUNE_DATA"])] if os.environ.get("NMTUNE_DATA") else []
+        dirs.append(DEBIAN_FMNIST)
     return [p for d in dirs for p in (d, d / "FashionMNIST" / "raw")]
 
 
@@ -119,27 +124,39 @@ def _fashion_mnist(split: str, root, download: bool) -> ImageSet:
             break
     else:
         if not download:
+            where = f"data_root {root} holds neither them nor FashionMNIST/raw/ with them" if root else \
+                "searched: " + ", ".join(str(p) for p in searched)
             raise FileNotFoundError(
-                f"Fashion-MNIST {split} files ({image_file}, {label_file}) not found; searched: "
-                + ", ".join(str(p) for p in searched)
-                + ". Get them either with 'sudo apt-get install dataset-fashion-mnist' (offline, Debian) or with "
+                f"Fashion-MNIST {split} files ({image_file}, {label_file}) not found: {where}. Get them either with "
+                "'sudo apt-get install dataset-fashion-mnist' (offline, Debian) or with "
                 "load_dataset('fashion_mnist', split, root=DIR, download=True) (torchvision, needs the internet).")
         folder = download_fashion_mnist(root)
     images = _read_idx(folder / image_file)
     labels = _read_idx(folder / label_file)
+    if len(images) != len(labels):
+        raise ValueError(f"{folder / image_file} holds {len(images)} images but {folder / label_file} "
+                         f"{len(labels)} labels: one of them is damaged; reinstall the dataset")
     return ImageSet(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
                     FMNIST_CLASSES, f"fashion_mnist/{split}")
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (optionally gzipped): big-endian header of dims, then uint8 data."""
+    """Read an idx file (optionally gzipped): big-endian header of dims, then uint8 data. A truncated, garbled or
+    otherwise damaged file raises ``ValueError`` naming it."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    if data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte idx file")
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (EOFError, OSError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(f"{path} is damaged ({type(err).__name__}: {err}); reinstall the dataset "
+                         "(apt-get install --reinstall dataset-fashion-mnist) or fetch the file again") from None
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte idx file (damaged?); reinstall the dataset")
     ndim = data[3]
     dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(int)
+    if len(data) != 4 + 4 * ndim + int(np.prod(dims)):
+        raise ValueError(f"{path} holds {len(data) - 4 - 4 * ndim} bytes of data but its header says "
+                         f"{'×'.join(map(str, dims))}: the file is truncated or damaged; reinstall the dataset")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
 
 
@@ -209,3 +226,15 @@ def pretraining_data(config) -> tuple[ImageSet, ImageSet]:
     if config.train_subset:
         train = train.subset(stratified_subset(train.labels, config.train_subset, SPLIT_SEED))
     return train, test
+
+
+def analysis_images(config, analysis_dataset: str = "", *, subset_seed: int = 0) -> ImageSet:
+    """The images whose feature spectrum is analysed (notebook 03): ``analysis_dataset`` as ``"name"`` (its test
+    split) or ``"name/split"``; ``""`` = ``config.dataset`` / ``config.spectrum_split``. ``config.spectrum_samples > 0``
+    keeps a stratified subset drawn with ``subset_seed`` (fixed, so every run of a sweep sees the same images)."""
+    spec = analysis_dataset or f"{config.dataset}/{config.spectrum_split}"
+    name, _, split = spec.partition("/")
+    images = load_dataset(name, split or "test", config.data_root or None)
+    if config.spectrum_samples:
+        images = images.subset(stratified_subset(images.labels, config.spectrum_samples, subset_seed))
+    return images

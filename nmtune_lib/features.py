@@ -35,7 +35,7 @@ TRANSFORMS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | 
     "crop_flip": random_crop_flip,  # the pre-training augmentation: padded random crop + horizontal flip
 }
 AUG_BLOCK = 256  # images per augmentation draw; part of the cache key because it fixes which crop each image gets
-CACHE_VERSION = 1  # bump when the cached content changes meaning
+CACHE_VERSION = 2  # bump when the cached content changes meaning (2: files carry a content sha256)
 
 
 # --- hashes and cache keys -------------------------------------------------------------------------------------
@@ -87,15 +87,27 @@ def feature_cache_file(cache_dir: str | os.PathLike, key: dict[str, Any]) -> Pat
     return Path(cache_dir) / f"{slug}-{key['transform']}-k{key['views']}{seed}-{digest}.pt"
 
 
+def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes (dtype and shape are part of the cache key)."""
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
 def _read_cache(path: Path, key: dict[str, Any]) -> torch.Tensor | None:
+    """The cached features if the file is readable, belongs to ``key`` and its content hash matches; a damaged file
+    (unreadable, or a flipped byte) is reported, then recomputed and overwritten, never trusted."""
     if not path.is_file():
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # an unreadable file is recomputed and overwritten, never trusted
-        warnings.warn(f"feature cache {path} unreadable ({err}); recomputing")
+    except Exception as err:
+        warnings.warn(f"feature cache {path} is unreadable ({type(err).__name__}); recomputing it")
         return None
-    return blob["features"] if blob.get("key") == key else None
+    if blob.get("key") != key:
+        return None
+    if tensor_sha256(blob["features"]) != blob.get("sha256"):
+        warnings.warn(f"feature cache {path} does not match its content hash (damaged); recomputing it")
+        return None
+    return blob["features"]
 
 
 # --- extraction ------------------------------------------------------------------------------------------------
@@ -148,7 +160,7 @@ def extract_features(backbone, image_set, *, transform: str | ViewAugment = "eva
         backbone.train(was_training)
     features = features[:, 0].contiguous() if augment is None else features
     if path is not None:
-        atomic_torch_save(path, {"key": key, "features": features})
+        atomic_torch_save(path, {"key": key, "features": features, "sha256": tensor_sha256(features)})
     return features
 
 

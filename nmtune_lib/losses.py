@@ -3,7 +3,7 @@
 Shapes: B images per step, each in two augmented views w and s, stacked as 2B rows ``[view w; view s]``; D the
 feature width. ``f`` are the frozen backbone's features, ``z`` the head's features (``z = s ⊙ h(f) + f``).
 
-    L = L_ce + w_mse · L_mse + w_cov · L_cov + w_svd · L_svd        (defaults 1.0, 0.04, 0.001)
+    L = L_ce + w_mse · L_mse + w_cov · L_cov + w_svd · L_svd        (defaults: reference.W_MSE, W_COV, W_SVD)
 
 where ``L_svd`` is returned already negated (``−mean of the top-k normalised singular values``), so every weight is
 non-negative and the sum above is literally the code of ``nmtune_loss``.
@@ -15,6 +15,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from . import reference as ref
 
 PARTS = ("ce", "consistency", "covariance", "dominant_sv", "total")  # keys of nmtune_loss's dict, in order
 
@@ -60,7 +62,7 @@ def covariance_loss(z: torch.Tensor) -> torch.Tensor:
         return off_diagonal(cov).pow(2).sum() / d
 
 
-def dominant_singular_value_loss(z: torch.Tensor, k: int = 5, *, eps: float = 1e-12) -> torch.Tensor:
+def dominant_singular_value_loss(z: torch.Tensor, k: int = ref.SVD_TOP_K, *, eps: float = 1e-12) -> torch.Tensor:
     """L_svd = −(1/k) Σ_{i≤k} σ_i / Σ_j σ_j: minus the mean of the top-k normalised singular values of z.
 
     z: n×D, *uncentred* (n = 2B rows of both views); σ_1 ≥ σ_2 ≥ … are its min(n, D) singular values; 1 ≤ k ≤
@@ -80,7 +82,7 @@ def dominant_singular_value_loss(z: torch.Tensor, k: int = 5, *, eps: float = 1e
 
 
 def nmtune_loss(logits: torch.Tensor, labels: torch.Tensor, z: torch.Tensor, f: torch.Tensor, *,
-                w_mse: float = 1.0, w_cov: float = 0.04, w_svd: float = 0.001, k: int = 5,
+                w_mse: float = ref.W_MSE, w_cov: float = ref.W_COV, w_svd: float = ref.W_SVD, k: int = ref.SVD_TOP_K,
                 skip_zero: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The NMTune objective ``ce + w_mse·consistency + w_cov·covariance + w_svd·dominant_sv`` and its parts.
 

@@ -28,7 +28,6 @@ minute.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 
 import timm
@@ -166,15 +165,6 @@ def _use_small_stem(net: nn.Module, in_chans: int) -> None:
     net.conv1 = _stem_conv(in_chans, conv.out_channels, stride=1)
     if hasattr(net, "maxpool"):
         net.maxpool = nn.Identity()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (checkpoint and manifest identities)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def freeze(backbone: Backbone) -> Backbone:

@@ -19,20 +19,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from .config import NOISE_KINDS
 from .files import atomic_write, atomic_write_json
+from .run import MANIFEST, NOISY_LABELS, Run
 
 FASHION_MNIST_MAP = {0: 6, 6: 0, 2: 4, 4: 2, 7: 9, 9: 7, 1: 3, 3: 1, 5: 7}
 ASYMMETRIC_MAPS = {"fashion_mnist": FASHION_MNIST_MAP}
-MANIFEST = "noise_manifest.json"
-NOISY_LABELS = "noisy_labels.npy"
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,25 @@ def inject_label_noise(labels: torch.Tensor | np.ndarray | Sequence[int], ratio:
     labels or labels outside [0, C).
     """
     clean = _check_labels(labels)
+    num_classes, ratio = _check_noise(clean, ratio, kind, num_classes)
+    gen = torch.Generator().manual_seed(int(seed))
+    n_flip = int(round(ratio * len(clean)))
+    used_map = None
+    if kind == "symmetric":
+        noisy = _flip_symmetric(clean, n_flip, num_classes, gen)
+    elif kind == "asymmetric":
+        used_map = dict(class_map) if class_map is not None else {i: (i + 1) % num_classes for i in range(num_classes)}
+        noisy = _flip_asymmetric(clean, n_flip, used_map, num_classes, gen, ratio=ratio)
+    else:
+        noisy = _flip_instance(clean, n_flip, images, num_classes, gen)
+    flipped = noisy != clean
+    return NoisyLabels(labels=noisy, clean=clean, flipped=flipped, ratio=int(flipped.sum()) / len(clean),
+                       transition=transition_counts(clean, noisy, num_classes), kind=kind, requested_ratio=ratio,
+                       seed=int(seed), class_map=used_map)
+
+
+def _check_noise(clean: torch.Tensor, ratio: float, kind: str, num_classes: int | None) -> tuple[int, float]:
+    """(C, ratio as float) after checking the kind, C (default: max label + 1), the label range and the ratio."""
     if kind not in NOISE_KINDS:
         raise ValueError(f"unknown noise kind {kind!r}; accepted kinds: {', '.join(NOISE_KINDS)}")
     num_classes = int(clean.max()) + 1 if num_classes is None else int(num_classes)
@@ -121,43 +140,54 @@ def inject_label_noise(labels: torch.Tensor | np.ndarray | Sequence[int], ratio:
         raise ValueError(f"symmetric noise ratio {ratio} ≥ (C−1)/C = {(num_classes - 1) / num_classes:.4f} for "
                          f"C={num_classes}: the labels would carry no signal; accepted range [0, "
                          f"{(num_classes - 1) / num_classes:.4f})")
-    gen = torch.Generator().manual_seed(int(seed))
-    n_flip = int(round(ratio * len(clean)))
+    return num_classes, ratio
+
+
+def _flip_symmetric(clean: torch.Tensor, n_flip: int, num_classes: int, gen: torch.Generator) -> torch.Tensor:
+    """``n_flip`` uniformly chosen samples, each moved to a uniformly chosen *other* class."""
     noisy = clean.clone()
-    used_map = None
-    if kind == "symmetric":
-        index = torch.randperm(len(clean), generator=gen)[:n_flip]
-        shift = torch.randint(1, num_classes, (n_flip,), generator=gen)  # uniform over the C−1 other classes
-        noisy[index] = (clean[index] + shift) % num_classes
-    elif kind == "asymmetric":
-        used_map = dict(class_map) if class_map is not None else {i: (i + 1) % num_classes for i in range(num_classes)}
-        _check_class_map(used_map, num_classes)
-        target = torch.tensor([used_map.get(c, c) for c in range(num_classes)])
-        pool = torch.nonzero(target[clean] != clean).squeeze(1)
-        if n_flip > len(pool):
-            raise ValueError(f"asymmetric noise ratio {ratio} needs {n_flip} flips but only {len(pool)} samples "
-                             f"belong to mapped classes; accepted range [0, {len(pool) / len(clean):.4f}]")
-        index = pool[torch.randperm(len(pool), generator=gen)[:n_flip]]
-        noisy[index] = target[clean[index]]
-    else:
-        if images is None or len(images) != len(clean):
-            raise ValueError("instance-dependent noise needs images=… with one image per label "
-                             f"(got {None if images is None else len(images)} for {len(clean)} labels)")
-        x = images.reshape(len(images), -1).float()
-        x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-        v = torch.randn(x.shape[1], generator=gen)
-        score = x @ (v / v.norm())
-        weights = torch.exp((score - score.max()).double())
-        index = torch.multinomial(weights, n_flip, replacement=False, generator=gen) if n_flip else \
-            torch.zeros(0, dtype=torch.int64)
-        w = torch.randn(x.shape[1], num_classes, generator=gen) / x.shape[1] ** 0.5
-        logits = x[index] @ w
-        logits[torch.arange(n_flip), clean[index]] = float("-inf")  # never the true class
-        noisy[index] = torch.multinomial(torch.softmax(logits, 1), 1, generator=gen).squeeze(1)
-    flipped = noisy != clean
-    return NoisyLabels(labels=noisy, clean=clean, flipped=flipped, ratio=int(flipped.sum()) / len(clean),
-                       transition=transition_counts(clean, noisy, num_classes), kind=kind, requested_ratio=ratio,
-                       seed=int(seed), class_map=used_map)
+    index = torch.randperm(len(clean), generator=gen)[:n_flip]
+    shift = torch.randint(1, num_classes, (n_flip,), generator=gen)  # uniform over the C−1 other classes
+    noisy[index] = (clean[index] + shift) % num_classes
+    return noisy
+
+
+def _flip_asymmetric(clean: torch.Tensor, n_flip: int, class_map: dict[int, int], num_classes: int,
+                     gen: torch.Generator, *, ratio: float) -> torch.Tensor:
+    """``n_flip`` samples chosen uniformly among those of mapped classes, each moved to ``class_map[its class]``;
+    ``ratio`` (the requested one) only names the problem when too few samples can flip."""
+    _check_class_map(class_map, num_classes)
+    target = torch.tensor([class_map.get(c, c) for c in range(num_classes)])
+    pool = torch.nonzero(target[clean] != clean).squeeze(1)
+    if n_flip > len(pool):
+        raise ValueError(f"asymmetric noise ratio {ratio} needs {n_flip} flips but only {len(pool)} samples "
+                         f"belong to mapped classes; accepted range [0, {len(pool) / len(clean):.4f}]")
+    noisy = clean.clone()
+    index = pool[torch.randperm(len(pool), generator=gen)[:n_flip]]
+    noisy[index] = target[clean[index]]
+    return noisy
+
+
+def _flip_instance(clean: torch.Tensor, n_flip: int, images: torch.Tensor | None, num_classes: int,
+                   gen: torch.Generator) -> torch.Tensor:
+    """Instance-dependent flips: samples drawn with weights exp(x·v), new classes from softmax(x·W) over the others
+    (x the standardised pixels; v a random unit direction, W a random projection, both from ``gen``)."""
+    if images is None or len(images) != len(clean):
+        raise ValueError("instance-dependent noise needs images=… with one image per label "
+                         f"(got {None if images is None else len(images)} for {len(clean)} labels)")
+    x = images.reshape(len(images), -1).float()
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    v = torch.randn(x.shape[1], generator=gen)
+    score = x @ (v / v.norm())
+    weights = torch.exp((score - score.max()).double())
+    index = torch.multinomial(weights, n_flip, replacement=False, generator=gen) if n_flip else \
+        torch.zeros(0, dtype=torch.int64)
+    w = torch.randn(x.shape[1], num_classes, generator=gen) / x.shape[1] ** 0.5
+    logits = x[index] @ w
+    logits[torch.arange(n_flip), clean[index]] = float("-inf")  # never the true class
+    noisy = clean.clone()
+    noisy[index] = torch.multinomial(torch.softmax(logits, 1), 1, generator=gen).squeeze(1)
+    return noisy
 
 
 def swap_captions(captions: Sequence[Any], ratio: float, seed: int = 0) -> tuple[list[Any], np.ndarray]:
@@ -203,27 +233,43 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads((Path(run_dir) / MANIFEST).read_text())
 
 
-def noisy_labels_for_run(config, train_set, noise_ratio: float, seed: int, run_dir: str | os.PathLike) -> NoisyLabels:
-    """Load the run's noisy labels if its manifest exists and agrees, else inject them and write the manifest.
+def noisy_labels_for_run(run: Run, train_set) -> NoisyLabels:
+    """The noisy labels of ``run`` (its noise kind, ratio and seed) for ``train_set``: loaded if the run's manifest
+    exists and agrees, else injected and written to ``run.dir`` with the manifest.
 
-    A manifest that disagrees (other clean labels, kind, ratio or seed, or a corrupted label file) raises rather
-    than being overwritten.
+    A manifest of other noise (other clean labels, kind, ratio or seed) raises rather than being overwritten. A
+    damaged ``noise_manifest.json`` or ``noisy_labels.npy`` (unreadable, or a label file whose hash is not the
+    manifest's) is rewritten with a warning naming it: the noise is a function of (clean labels, kind, ratio, seed),
+    so the rewritten files are the ones that were damaged, and nothing else of the run is lost.
     """
-    run_dir = Path(run_dir)
-    fresh = inject_label_noise(train_set.labels, noise_ratio, kind=config.noise_kind, num_classes=train_set.num_classes,
-                               seed=seed, images=train_set.images if config.noise_kind == "instance" else None,
-                               class_map=ASYMMETRIC_MAPS.get(config.dataset) if config.noise_kind == "asymmetric" else None)
-    if (run_dir / MANIFEST).exists():
-        stored = read_manifest(run_dir)
-        on_disk = np.load(run_dir / NOISY_LABELS) if (run_dir / NOISY_LABELS).exists() else None
-        if stored.get("manifest_sha256") != fresh.manifest_hash or on_disk is None or \
-                labels_sha256(on_disk) != fresh.manifest()["noisy_labels_sha256"]:
-            raise ValueError(f"{run_dir / MANIFEST} (manifest {stored.get('manifest_sha256', '?')[:12]}) does not match "
-                             f"the requested noise (manifest {fresh.manifest_hash[:12]}: kind={config.noise_kind}, "
-                             f"ratio={noise_ratio}, seed={seed}); remove the run directory to redo it")
-        return fresh
-    write_manifest(fresh, run_dir, extra={"dataset": train_set.name})
+    config, kind = run.config, run.config.noise_kind
+    fresh = inject_label_noise(train_set.labels, run.noise_ratio, kind=kind, num_classes=train_set.num_classes,
+                               seed=run.seed, images=train_set.images if kind == "instance" else None,
+                               class_map=ASYMMETRIC_MAPS.get(config.dataset) if kind == "asymmetric" else None)
+    if run.manifest.exists():
+        stored = _readable(run.manifest, lambda: read_manifest(run.dir))
+        if stored is not None and stored.get("manifest_sha256") != fresh.manifest_hash:
+            raise ValueError(f"{run.manifest} (manifest {str(stored.get('manifest_sha256'))[:12]}) is not the noise this "
+                             f"run asks for (manifest {fresh.manifest_hash[:12]}: kind={kind}, ratio={run.noise_ratio}, "
+                             f"seed={run.seed}, clean labels of {train_set.name}); use another run_root, or remove "
+                             f"{run.dir} to redo the run with this noise")
+        on_disk = _readable(run.noisy_labels, lambda: np.load(run.noisy_labels)) if run.noisy_labels.exists() else None
+        intact = on_disk is not None and labels_sha256(on_disk) == fresh.manifest()["noisy_labels_sha256"]
+        if stored is not None and intact:
+            return fresh
+        damaged = run.manifest if stored is None else run.noisy_labels
+        warnings.warn(f"{damaged} is damaged or missing; rewritten from the run's seed (manifest "
+                      f"{fresh.manifest_hash[:12]})")
+    write_manifest(fresh, run.dir, extra={"dataset": train_set.name})
     return fresh
+
+
+def _readable(path: Path, read: Callable[[], Any]) -> Any:
+    """``read()``, or None when the file at ``path`` is truncated or garbled."""
+    try:
+        return read()
+    except (ValueError, OSError, EOFError):  # JSONDecodeError is a ValueError; np.load raises ValueError/OSError
+        return None
 
 
 def _check_labels(labels) -> torch.Tensor:

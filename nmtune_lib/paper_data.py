@@ -1,10 +1,11 @@
-"""Paper-scale datasets on the user's disk: the 14 in-domain datasets, ImageNet- and DomainNet-style folders.
+"""The paper's 14 in-domain downstream datasets, built from torchvision with the paper's splits.
 
 Nothing here downloads unless ``download=True`` is passed to ``load_paper_dataset``; a missing dataset raises
-``FileNotFoundError`` naming the folder searched and the two ways to fill it. Every loader returns a torch
+``FileNotFoundError`` naming the folder searched and the two ways to fill it. ``load_paper_dataset`` returns a torch
 ``Dataset`` of ``(image, label)`` pairs (a PIL RGB image unless a ``transform`` says otherwise, an ``int`` label) with
-``classes``, ``targets`` and ``name``; ``to_image_set`` turns one (or a seeded subset of one) into the in-memory
-``nmtune_lib.data.ImageSet`` so the in-memory pipeline runs on it.
+``classes``, ``targets`` and ``name``; ``nmtune_lib.image_sets.to_image_set`` turns one (or a seeded subset of one)
+into the in-memory ``nmtune_lib.data.ImageSet`` so the in-memory pipeline runs on it. ``per_class_split`` is the
+seeded per-class split used here (and by ``nmtune_lib.image_folders`` for DomainNet without split files).
 
 The 14 in-domain datasets of docs/paper.md §4 (``PAPER_ID_DATASETS``; C = number of classes; the on-disk folder is
 relative to ``root``):
@@ -34,11 +35,6 @@ its "trainval" / "test" splits [code]: VTAB's Caltech-101 keeps the background c
 file order rather than our seeded stratified draw (same sizes); VTAB's PCAM "trainval" adds the 32,768 validation
 patches to the training set. Our seeded splits use ``SPLIT_SEED`` (fixed: part of the dataset definition) and are
 drawn per class in the sorted file order, so the same files always give the same split.
-
-Folder loaders: ``imagenet_folder`` (``root/train/<class>/*.JPEG``, ``root/val/<class>/*``) and ``domainnet_folder``
-(``root/<domain>/<class>/*.jpg`` with DomainNet's optional ``root/<domain>_{train,test}.txt`` split files). Their class
-index is the position in the sorted union of class-folder names over the splits (ImageNet) or domains (DomainNet),
-so indices agree across splits and domains even when one of them lacks a class.
 """
 from __future__ import annotations
 
@@ -50,17 +46,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from nmtune_lib.data import ImageSet, stratified_subset
+from nmtune_lib.image_sets import to_rgb
 
 SPLITS = ("train", "test")
 SPLIT_SEED = 0  # fixed: the seeded splits below are part of the dataset definitions
-DOMAINNET_DOMAINS = ("real", "sketch", "painting", "clipart", "quickdraw", "infograph")
-DOMAINNET_OOD_DOMAINS = ("real", "sketch", "painting", "clipart")  # docs/paper.md §4: the four used for OOD
-DOMAINNET_URL = "https://ai.bu.edu/M3SDA/"
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -140,17 +131,10 @@ PAPER_ID_DATASETS: dict[str, PaperDatasetSpec] = {s.name: s for s in (
 
 # --- datasets -----------------------------------------------------------------------------------------------------
 
-def _to_rgb(image):
-    """PIL images to RGB (Caltech-101 has grayscale ones; torchvision returns them as they are); others unchanged."""
-    if hasattr(image, "convert") and getattr(image, "mode", "RGB") != "RGB":
-        return image.convert("RGB")
-    return image
-
-
 class SplitDataset(Dataset):
     """``(image, label)`` pairs of a torchvision dataset, restricted to ``indices`` where the split is ours.
 
-    Images pass through ``_to_rgb`` and then ``transform``; ``targets`` (a list of int labels) is read from the base
+    Images pass through ``to_rgb`` and then ``transform``; ``targets`` (a list of int labels) is read from the base
     dataset's label attributes without decoding images where torchvision keeps them.
     """
 
@@ -169,7 +153,7 @@ class SplitDataset(Dataset):
     def __getitem__(self, i: int):
         j = i if self.indices is None else int(self.indices[i])
         image, label = self.base[j]
-        image = _to_rgb(image)
+        image = to_rgb(image)
         if self.transform is not None:
             image = self.transform(image)
         return image, int(label)
@@ -182,33 +166,6 @@ class SplitDataset(Dataset):
                 labels = [int(self.base[j][1]) for j in range(len(self.base))]
             self._targets = labels if self.indices is None else [labels[j] for j in self.indices]
         return self._targets
-
-
-class FileListDataset(Dataset):
-    """``(image, label)`` pairs from a list of ``(path, label)``: PIL RGB images through ``transform``."""
-
-    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], name: str,
-                 transform: Callable | None = None) -> None:
-        self.samples = list(samples)
-        self.classes = tuple(classes)
-        self.name = name
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        from torchvision.datasets.folder import default_loader
-
-        path, label = self.samples[i]
-        image = default_loader(path)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
-
-    @property
-    def targets(self) -> list[int]:
-        return [label for _, label in self.samples]
 
 
 def _base_labels(base) -> list[int] | None:
@@ -318,185 +275,3 @@ def load_paper_dataset(name: str, split: str, root: str | os.PathLike | None, *,
                                       train_fraction=spec.train_fraction, seed=SPLIT_SEED)
         indices = train if split == "train" else test
     return SplitDataset(base, classes, f"{name}/{split}", indices, transform)
-
-
-# --- image folders ------------------------------------------------------------------------------------------------
-
-def _class_dirs(folder: Path) -> set[str]:
-    return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
-
-
-def _scan(folder: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
-    from torchvision.datasets.folder import make_dataset
-
-    return make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-
-
-def imagenet_folder(root: str | os.PathLike, split: str, transform: Callable | None = None) -> FileListDataset:
-    """An ImageNet-style tree: ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*`` ("test" reads ``val``).
-
-    The class index is the position in the sorted union of the class folders of ``train`` and ``val``, so both
-    splits agree even if one lacks a class. Raises ``FileNotFoundError`` if the split's folder or its images are
-    missing (the validation images must be sorted into class folders first).
-    """
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"unknown split {split!r}; accepted: train, val, test (= val)")
-    root = Path(root).expanduser()
-    folder = root / ("train" if split == "train" else "val")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"ImageNet-style {split} folder {folder} not found. Expected layout: "
-                                f"{root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG (ImageNet's flat val "
-                                "folder sorted into class folders, e.g. with its devkit labels).")
-    classes = sorted(_class_dirs(root / "train") | _class_dirs(root / "val"))
-    samples = _scan(folder, {c: i for i, c in enumerate(classes)})
-    if not samples:
-        raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) in the class folders of {folder}")
-    return FileListDataset(samples, classes, f"{root.name}/{split}", transform)
-
-
-def domainnet_classes(root: str | os.PathLike) -> tuple[str, ...]:
-    """The sorted union of class-folder names over the DomainNet domains present under ``root``."""
-    root = Path(root).expanduser()
-    return tuple(sorted(set().union(*(_class_dirs(root / d) for d in DOMAINNET_DOMAINS))))
-
-
-def domainnet_folder(root: str | os.PathLike, domain: str, split: str, transform: Callable | None = None, *,
-                     test_fraction: float = 0.2, split_seed: int = SPLIT_SEED) -> FileListDataset:
-    """Split ``split`` ("train"/"test") of one DomainNet-style domain: ``root/<domain>/<class>/*.jpg``.
-
-    With both of DomainNet's split files ``root/<domain>_train.txt`` and ``root/<domain>_test.txt`` (lines
-    ``<domain>/<class>/<file> <label>``, paths relative to ``root``) the split is theirs; without them, a fixed
-    per-class seeded split keeps ``1 - test_fraction`` of each class for train (``per_class_split``). Labels are the
-    position of the image's class folder in ``domainnet_classes(root)``, shared by all domains; a split file whose
-    label column disagrees with that index gets a warning (the folder name wins).
-    """
-    if domain not in DOMAINNET_DOMAINS:
-        raise ValueError(f"unknown DomainNet domain {domain!r}; accepted: {', '.join(DOMAINNET_DOMAINS)}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
-    root = Path(root).expanduser()
-    folder = root / domain
-    if not folder.is_dir():
-        raise FileNotFoundError(f"DomainNet domain folder {folder} not found. Download {domain}.zip (and the "
-                                f"{domain}_train.txt / {domain}_test.txt split files) from {DOMAINNET_URL} and "
-                                f"extract it under {root}, so that {folder}/<class>/*.jpg exists.")
-    classes = domainnet_classes(root)
-    class_to_idx = {c: i for i, c in enumerate(classes)}
-    split_files = {s: root / f"{domain}_{s}.txt" for s in SPLITS}
-    present = [s for s, p in split_files.items() if p.is_file()]
-    name = f"domainnet_{domain}/{split}"
-    if len(present) == 1:
-        missing = split_files["test" if present == ["train"] else "train"]
-        raise FileNotFoundError(f"{split_files[present[0]]} exists but {missing} does not: give both split files "
-                                "or neither (then a seeded 80/20 split is drawn)")
-    if present:
-        samples = _read_split_file(split_files[split], root, class_to_idx)
-    else:
-        all_samples = _scan(folder, class_to_idx)
-        if not all_samples:
-            raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) in the class folders of {folder}")
-        train, test = per_class_split([y for _, y in all_samples], train_fraction=1.0 - test_fraction,
-                                      seed=split_seed)
-        samples = [all_samples[i] for i in (train if split == "train" else test)]
-    return FileListDataset(samples, classes, name, transform)
-
-
-def _read_split_file(path: Path, root: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
-    samples, disagree = [], 0
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{line_no}: expected 'relative/path label', got {line!r}")
-        rel, file_label = parts
-        class_name = Path(rel).parent.name
-        if class_name not in class_to_idx:
-            raise ValueError(f"{path}:{line_no}: class folder {class_name!r} of {rel} not found under {root}")
-        label = class_to_idx[class_name]
-        disagree += int(file_label) != label
-        samples.append((str(root / rel), label))
-    if disagree:
-        warnings.warn(f"{path}: {disagree} of {len(samples)} labels differ from the sorted class-folder index; "
-                      "using the class-folder index (shared by all domains)", stacklevel=3)
-    return samples
-
-
-# --- in-memory image sets -----------------------------------------------------------------------------------------
-
-class _Resized(Dataset):
-    """Item ``indices[i]`` of ``dataset`` as a uint8 3×S×S tensor (shorter side resized to S, centre crop)."""
-
-    def __init__(self, dataset: Dataset, indices: torch.Tensor, img_size: int) -> None:
-        self.dataset, self.indices, self.img_size = dataset, indices, img_size
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        image, label = self.dataset[int(self.indices[i])]
-        return _square_uint8(image, self.img_size), int(label)
-
-
-def _square_uint8(image, img_size: int) -> torch.Tensor:
-    """A PIL image or a C×H×W tensor (uint8, or float in [0, 1]) → uint8 3×S×S: resize shorter side, centre crop."""
-    import torchvision.transforms.functional as TF
-
-    if isinstance(image, torch.Tensor):
-        if image.ndim == 2:
-            image = image.unsqueeze(0)
-        if image.dtype != torch.uint8:
-            image = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
-        if image.shape[0] == 1:
-            image = image.expand(3, -1, -1)
-    else:
-        image = _to_rgb(image)
-    image = TF.resize(image, img_size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    image = TF.center_crop(image, [img_size, img_size])
-    if not isinstance(image, torch.Tensor):
-        image = TF.pil_to_tensor(image)
-    return image.contiguous()
-
-
-def to_image_set(dataset: Dataset, *, img_size: int, max_samples: int | None = None, seed: int = 0,
-                 name: str | None = None, classes: Sequence[str] | None = None, num_workers: int = 0,
-                 batch_size: int = 256, progress: bool = True) -> ImageSet:
-    """Materialise ``dataset`` (or a seeded subset of at most ``max_samples``) as an in-memory ``ImageSet``.
-
-    Images (PIL, or tensors in uint8 or float [0, 1]) become uint8 3×``img_size``×``img_size``: the shorter side is
-    resized to ``img_size`` (bilinear, antialiased) and the centre cropped. The subset is class-stratified when the
-    dataset exposes ``targets`` (``nmtune_lib.data.stratified_subset``), otherwise uniform, both seeded by ``seed``
-    and kept in dataset order. ``classes`` defaults to ``dataset.classes``. ``num_workers`` > 0 decodes in
-    ``DataLoader`` worker processes; ``progress`` shows a tqdm.auto bar.
-    """
-    from tqdm.auto import tqdm
-
-    n = len(dataset)
-    index = torch.arange(n)
-    if max_samples is not None and max_samples < n:
-        index = _subset_index(dataset, max_samples, seed)
-    loader = DataLoader(_Resized(dataset, index, img_size), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers)
-    name = name or getattr(dataset, "name", type(dataset).__name__)
-    images, labels = [], []
-    for x, y in tqdm(loader, desc=f"to_image_set {name}", total=len(loader), disable=not progress):
-        images.append(x)
-        labels.append(y)
-    images_t = torch.cat(images) if images else torch.zeros(0, 3, img_size, img_size, dtype=torch.uint8)
-    labels_t = torch.cat(labels).to(torch.int64) if labels else torch.zeros(0, dtype=torch.int64)
-    if classes is None:
-        classes = getattr(dataset, "classes", None)
-    if classes is None:
-        classes = [str(i) for i in range(int(labels_t.max()) + 1 if len(labels_t) else 0)]
-    return ImageSet(images_t, labels_t, tuple(str(c) for c in classes), name)
-
-
-def _subset_index(dataset: Dataset, size: int, seed: int) -> torch.Tensor:
-    targets = getattr(dataset, "targets", None)
-    if targets is not None:
-        try:
-            return stratified_subset(torch.as_tensor(list(targets)), size, seed)
-        except ValueError:  # a class too small to stratify, or fewer samples than classes
-            pass
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(len(dataset), generator=generator)[:size].sort().values

@@ -229,8 +229,11 @@ def methods_by_task(transfer: xr.Dataset) -> plt.Figure:
     frame["task / test domain"] = frame["task"] + " / " + frame["test_domain"]
     frame["accuracy (%)"] = frame["accuracy"] * 100
     frame["noise"] = (frame["noise_ratio"] * 100).round(0).astype(int).astype(str) + "%"
+    panels = frame["noise"].nunique()
+    # legend inside the panels: outside, a lone narrow panel leaves no room for it (one noise ratio in the grid)
     grid = sns.catplot(frame, kind="bar", x="accuracy (%)", y="task / test domain", hue="method", col="noise",
-                       height=4.5, aspect=0.7, hue_order=methods, orient="h")
+                       height=4.5, aspect=0.7 if panels > 1 else 1.2, hue_order=methods, orient="h",
+                       legend_out=panels > 1)
     return grid.figure
 
 

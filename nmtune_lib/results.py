@@ -1,7 +1,10 @@
-"""Result files: netCDF save/load through h5netcdf, attribute sanitising, provenance attributes, combining runs.
+"""Result files: their schemas, one set of provenance attributes, netCDF save/load through h5netcdf, combining runs.
 
-Every result Dataset is written with ``save_dataset`` (atomic, explicit engine) and read with ``load_dataset``
-(eager, so a file can be rewritten in place). h5netcdf cannot store ``None``, dicts, lists or bools as attributes:
+The one home of every per-run result's schema (``SCHEMAS``: ``history.nc``, ``spectrum.nc``, ``transfer.nc``: their
+dims, variables and the provenance attributes all of them carry). Every result Dataset is written with
+``save_dataset`` (atomic, explicit engine; checked against its schema when ``kind`` is given) and read with
+``load_dataset`` (eager, so a file can be rewritten in place; an unreadable file or one that breaks its schema raises
+naming the file). h5netcdf cannot store ``None``, dicts, lists or bools as attributes:
 ``sanitize_attrs`` turns them into ``""``, JSON strings and 0/1 before writing, so a saved Dataset reopens identical.
 """
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 import os
 import platform
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,42 @@ import xarray as xr
 from .files import atomic_target
 
 ENGINE = "h5netcdf"
+PROVENANCE = ("config", "checkpoint_sha256", "manifest_sha256", "python_version", "torch_version", "timm_version",
+              "xarray_version", "numpy_version", "nmtune_lib_version", "created")  # keys of provenance_attrs
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a result file must hold: its dims, its variables, and the provenance attributes (``PROVENANCE``)."""
+
+    kind: str
+    dims: tuple[str, ...]
+    variables: tuple[str, ...]
+    written_by: str  # the step that recomputes it
+
+    def check(self, ds: xr.Dataset, path: str | os.PathLike = "") -> xr.Dataset:
+        """``ds`` unchanged if it follows the schema, else ``ValueError`` naming the file and what is missing."""
+        missing = [f"dim {d!r}" for d in self.dims if d not in ds.dims]
+        missing += [f"variable {v!r}" for v in self.variables if v not in ds.variables]
+        missing += [f"attribute {a!r}" for a in PROVENANCE if a not in ds.attrs]
+        if missing:
+            where = f"{path} " if path else ""
+            raise ValueError(f"{where}is not a valid {self.kind} result: it lacks {', '.join(missing)}; recompute it "
+                             f"({self.written_by})")
+        return ds
+
+
+RUN_DIMS = ("noise_ratio", "seed")
+SCHEMAS = {
+    "history": Schema("history", ("epoch",), ("train_loss", "train_acc_noisy", "test_acc", "memo_noisy", "memo_clean",
+                                              "lr", "seconds", "images_per_s"), "notebook 02, nmtune_lib.pretrain"),
+    "spectrum": Schema("spectrum", (*RUN_DIMS, "dataset", "centering", "component"),
+                       ("singular_values", "normalized_singular_values", "sve", "p1", "sigma1", "num_samples",
+                        "num_features", "checkpoint_sha256", "manifest_sha256"), "notebook 03"),
+    "transfer": Schema("transfer", (*RUN_DIMS, "setting", "protocol", "method", "task", "test_domain"),
+                       ("accuracy", "fit_seconds", "lr", "head_mode", "task_kind", "train_domain", "chance",
+                        "view_flip"), "notebook 04"),
+}
 
 
 # --- attributes ------------------------------------------------------------------------------------------------
@@ -108,22 +148,36 @@ def _writable(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
-def save_dataset(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+def save_dataset(ds: xr.Dataset, path: str | os.PathLike, kind: str | None = None) -> Path:
     """Write ``ds`` to netCDF (engine h5netcdf) atomically: a temp file in the same folder, then ``os.replace``.
 
-    Attributes are sanitised first (``sanitize_attrs``); ``ds`` itself is left unchanged.
+    ``kind`` (a key of ``SCHEMAS``) checks ``ds`` against its schema first. Attributes are sanitised
+    (``sanitize_attrs``); ``ds`` itself is left unchanged.
     """
+    if kind is not None:
+        SCHEMAS[kind].check(ds, path)
     with atomic_target(path) as tmp:
         _writable(ds).to_netcdf(tmp, engine=ENGINE)
     return Path(path)
 
 
-def load_dataset(path: str | os.PathLike) -> xr.Dataset:
-    """Read a netCDF file eagerly (``xr.load_dataset``, engine h5netcdf): the file is closed on return."""
-    return xr.load_dataset(path, engine=ENGINE)
+def load_dataset(path: str | os.PathLike, kind: str | None = None) -> xr.Dataset:
+    """Read a netCDF file eagerly (``xr.load_dataset``, engine h5netcdf): the file is closed on return.
+
+    A file that is not readable netCDF (truncated, damaged) raises ``ValueError`` naming it; ``kind`` (a key of
+    ``SCHEMAS``) also checks the schema."""
+    try:
+        ds = xr.load_dataset(path, engine=ENGINE)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # h5py/h5netcdf raise OSError, KeyError, ValueError … for a damaged file
+        step = f"; recompute it ({SCHEMAS[kind].written_by})" if kind else ""
+        raise ValueError(f"{path} is not a readable netCDF file (truncated or damaged: {type(err).__name__}: "
+                         f"{str(err)[:200]}){step}") from None
+    return SCHEMAS[kind].check(ds, path) if kind else ds
 
 
-def combine_runs(paths: Iterable[str | os.PathLike]) -> xr.Dataset:
+def combine_runs(paths: Iterable[str | os.PathLike], kind: str | None = None) -> xr.Dataset:
     """One Dataset from the per-run files at ``paths`` (each with length-1 dims such as noise_ratio and seed).
 
     ``xr.combine_by_coords`` for a complete grid of runs; ``xr.merge`` (outer join, missing runs are NaN) when the
@@ -133,7 +187,7 @@ def combine_runs(paths: Iterable[str | os.PathLike]) -> xr.Dataset:
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("combine_runs needs at least one file")
-    runs = [load_dataset(p) for p in paths]
+    runs = [load_dataset(p, kind) for p in paths]
     try:
         # data_vars="minimal": a per-run variable such as checkpoint_sha256 (noise_ratio, seed) must not gain the
         # other concatenated dims (e.g. dataset when runs analysed different datasets)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -172,16 +171,7 @@ def spectrum_dataset(features: Mapping[str, Any], *, noise_ratio: float, seed: i
         if c not in CENTERINGS:
             raise ValueError(f"unknown centering {c!r}; accepted: {', '.join(CENTERINGS)}")
     names, centerings = list(features), list(centerings)
-    spectra = {(name, c): singular_values(features[name], l2_normalize=l2_normalize, centering=c)
-               for name in names for c in centerings}
-    r = max(len(s) for s in spectra.values())
-    sv = np.full((1, 1, len(names), len(centerings), r), np.nan)
-    metric = {m: np.full((1, 1, len(names), len(centerings)), np.nan) for m in METRICS}
-    for (name, c), s in spectra.items():
-        i, j = names.index(name), centerings.index(c)
-        sv[0, 0, i, j, :len(s)] = s
-        for m, value in spectrum_metrics(s, top_k).items():
-            metric[m][0, 0, i, j] = value
+    sv, metric = _spectra(features, names, centerings, l2_normalize=l2_normalize, top_k=top_k)
     shapes = np.array([np.shape(features[n]) for n in names], dtype=np.int64)
 
     spectrum_dims = ("noise_ratio", "seed", "dataset", "centering", "component")
@@ -199,7 +189,37 @@ def spectrum_dataset(features: Mapping[str, Any], *, noise_ratio: float, seed: i
         "manifest_sha256": (spectrum_dims[:2], np.array([[manifest_sha256]], dtype=object),
                             {"long_name": "sha256 of the noise manifest"}),
     }
-    coords = {
+    coords = _spectrum_coords(noise_ratio, seed, names, centerings, sv.shape[-1])
+    attrs = {
+        "title": "singular-value spectrum of frozen pre-logit features (docs/paper.md §5)",
+        **provenance_attrs(config, checkpoint_sha256=checkpoint_sha256, manifest_sha256=manifest_sha256),
+        "l2_normalize": int(bool(l2_normalize)),
+        "top_k": int(top_k),
+        "singular_values_method": "exact: eigvalsh of the smaller Gram matrix in float64",
+    }
+    return xr.Dataset(data_vars, coords, attrs)
+
+
+def _spectra(features: Mapping[str, Any], names: list[str], centerings: list[str], *, l2_normalize: bool,
+             top_k: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Singular values (1×1×datasets×centerings×r, NaN-padded) and each metric (1×1×datasets×centerings)."""
+    spectra = {(name, c): singular_values(features[name], l2_normalize=l2_normalize, centering=c)
+               for name in names for c in centerings}
+    r = max(len(s) for s in spectra.values())
+    sv = np.full((1, 1, len(names), len(centerings), r), np.nan)
+    metric = {m: np.full((1, 1, len(names), len(centerings)), np.nan) for m in METRICS}
+    for (name, c), s in spectra.items():
+        i, j = names.index(name), centerings.index(c)
+        sv[0, 0, i, j, :len(s)] = s
+        for m, value in spectrum_metrics(s, top_k).items():
+            metric[m][0, 0, i, j] = value
+    return sv, metric
+
+
+def _spectrum_coords(noise_ratio: float, seed: int, names: list[str], centerings: list[str],
+                     r: int) -> dict[str, tuple]:
+    """The coordinates of a run's spectrum Dataset, with their long names."""
+    return {
         "noise_ratio": ("noise_ratio", [float(noise_ratio)], {"long_name": "pre-training label noise ratio",
                                                                "units": "fraction of training labels flipped"}),
         "seed": ("seed", np.array([seed], dtype=np.int64), {"long_name": "seed of the noise and pre-training run"}),
@@ -211,38 +231,8 @@ def spectrum_dataset(features: Mapping[str, Any], *, noise_ratio: float, seed: i
         "component": ("component", np.arange(1, r + 1, dtype=np.int64),
                       {"long_name": "index i of σ_i, descending (1 = largest)"}),
     }
-    attrs = {
-        "title": "singular-value spectrum of frozen pre-logit features (docs/paper.md §5)",
-        **provenance_attrs(config, checkpoint_sha256=checkpoint_sha256, manifest_sha256=manifest_sha256),
-        "l2_normalize": int(bool(l2_normalize)),
-        "top_k": int(top_k),
-        "singular_values_method": "exact: eigvalsh of the smaller Gram matrix in float64",
-    }
-    return xr.Dataset(data_vars, coords, attrs)
 
 
 def metrics_frame(ds: xr.Dataset) -> pd.DataFrame:
     """The metrics of a spectrum Dataset as a tidy table: one row per (noise_ratio, seed, dataset, centering)."""
     return ds[list(METRICS)].to_dataframe().reset_index().dropna(subset=list(METRICS), how="all")
-
-
-# --- inputs and outputs of notebook 03 -------------------------------------------------------------------------
-
-def analysis_set(config: Any, analysis_dataset: str = "", *, subset_seed: int = 0):
-    """The images whose spectrum is analysed: ``analysis_dataset`` as ``"name"`` (its test split) or
-    ``"name/split"``; ``""`` = ``config.dataset`` / ``config.spectrum_split``. ``config.spectrum_samples > 0`` keeps a
-    stratified subset drawn with ``subset_seed`` (fixed, so every run of a sweep sees the same images)."""
-    from .data import load_dataset, stratified_subset
-
-    spec = analysis_dataset or f"{config.dataset}/{config.spectrum_split}"
-    name, _, split = spec.partition("/")
-    images = load_dataset(name, split or "test", config.data_root or None)
-    if config.spectrum_samples:
-        images = images.subset(stratified_subset(images.labels, config.spectrum_samples, subset_seed))
-    return images
-
-
-def sibling_spectra(config: Any) -> list[Path]:
-    """``spectrum.nc`` files of every run (any noise ratio, any seed) of this preset, dataset and noise kind."""
-    base = Path(config.run_root) / config.preset / config.dataset
-    return sorted(base.glob(f"{config.noise_kind}-*/seed*/spectrum.nc"))

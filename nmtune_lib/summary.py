@@ -5,6 +5,8 @@ Every effect is computed *per seed* (a paired comparison: the same seed fixes th
 head's initialisation across noise ratios and methods), then summarised as the mean over seeds ± the half-width of a
 two-sided 95% Student-t interval. A claim is **supported** when the whole interval lies on the claimed side of zero,
 **contradicted** when it lies wholly on the other side, and **inconclusive** otherwise (including with one seed).
+Every claim is listed: one whose noise ratios the grid lacks (claim 1 without 5 % or 10 %, a slope with one ratio)
+is **not judged**, with the reason in its effect.
 
 Claim 4 is judged under each protocol (reference, matched) and split into head capacity and regularisers:
 NMTune − LP = (MLP − LP) + (NMTune − MLP) (``decomposition``). ``sensitivity`` gives NMTune − MLP per regulariser
@@ -14,7 +16,6 @@ how often a verdict survives a bootstrap over seeds (a proxy for a rerun on anot
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -41,14 +42,10 @@ class Claim:
     setting: str = ""
 
 
-def load_results(config, name: str) -> xr.Dataset:
-    """Combine ``<name>.nc`` of every run of this preset, dataset and noise kind into one Dataset."""
-    base = Path(config.run_root) / config.preset / config.dataset
-    paths = sorted(base.glob(f"{config.noise_kind}-*/seed*/{name}.nc"))
-    if not paths:
-        raise FileNotFoundError(f"no {name}.nc under {base}/{config.noise_kind}-*/seed*/; run the sweep first "
-                                "(nmtune sweep)")
-    return combine_runs(paths)
+def load_results(study, kind: str) -> xr.Dataset:
+    """Combine the ``kind`` result file (``"transfer"``, ``"spectrum"``) of every run of ``study``'s grid (a
+    ``Study``) into one Dataset; only the grid's runs are read, and a run of the grid without the file raises."""
+    return combine_runs(study.result_paths(kind), kind)
 
 
 def id_ood_means(transfer: xr.Dataset, *, include_train_domain: bool = False) -> xr.Dataset:
@@ -124,46 +121,100 @@ def judge_claims(transfer: xr.Dataset, spectrum: xr.Dataset, *, probe: str = "lp
     """
     means = id_ood_means(transfer)
     id_lp, ood_lp = means["id_mean"].sel({"method": probe}), means["ood_mean"].sel({"method": probe})
-    zero = id_lp["noise_ratio"].values.min()
-    if not np.isclose(zero, 0.0):
-        raise ValueError("the claims need the noise-free runs (noise ratio 0) in the grid")
-    slight, heavy = _ratios(id_lp, SLIGHT), _ratios(id_lp, HEAVY)
-    noisy = [float(r) for r in id_lp["noise_ratio"].values if r > 0]
-    out = []
-    pts = "points"
-    rule_pos = "supported if the 95% CI over seeds lies above 0, contradicted if below, else inconclusive"
-    rule_neg = "supported if the 95% CI over seeds lies below 0, contradicted if above, else inconclusive"
-    if slight:
-        gain = (id_lp.sel(noise_ratio=slight).mean("noise_ratio") - id_lp.sel(noise_ratio=zero)).values
-        out.append(_claim(f"1a. Slight pre-training noise ({', '.join(f'{r:.0%}' for r in slight)}) improves ID "
-                          f"transfer ({probe.upper()} ID mean, noisy − clean)", gain, +1, pts, rule_pos, 100))
-    if slight and heavy:
-        drop = (id_lp.sel(noise_ratio=heavy).mean("noise_ratio") - id_lp.sel(noise_ratio=slight).mean("noise_ratio")
-                ).values
-        out.append(_claim(f"1b. More noise ({', '.join(f'{r:.0%}' for r in heavy)}) hurts ID transfer relative to "
-                          "slight noise (ID mean, heavy − slight)", drop, -1, pts, rule_neg, 100))
-    if noisy:
-        ood_drop = (ood_lp.sel(noise_ratio=noisy).mean("noise_ratio") - ood_lp.sel(noise_ratio=zero)).values
-        out.append(_claim(f"2a. Any pre-training noise hurts OOD transfer ({probe.upper()} OOD mean over noisy "
-                          "ratios − clean)", ood_drop, -1, pts, rule_neg, 100))
-        out.append(_claim("2b. More noise hurts OOD more (slope of the OOD mean vs noise ratio, points per 10% noise)",
-                          _slope(ood_lp), -1, "points/10%", rule_neg, 10))
+    ratios = [float(r) for r in id_lp["noise_ratio"].values]
+    grid = _Grid(zero=next((r for r in ratios if np.isclose(r, 0.0)), None), slight=_ratios(id_lp, SLIGHT),
+                 heavy=_ratios(id_lp, HEAVY), noisy=[r for r in ratios if r > 0])
     spec = spectrum.sel(centering=centering)
     if "dataset" in spec.dims:
         spec = spec.sel(dataset=spectrum_dataset or str(spec["dataset"].values[0]))
-    if noisy:
-        def noisy_minus_clean(da: xr.DataArray) -> np.ndarray:
-            return (da.sel(noise_ratio=noisy).mean("noise_ratio") - da.sel(noise_ratio=zero)).values
+    return [*_transfer_claims(grid, id_lp, ood_lp, probe), *_spectrum_claims(grid, spec, centering),
+            *_nmtune_claims(means, list(transfer["method"].values))]
 
-        out.append(_claim(f"3a. Noise flattens the spectrum: higher SVE (mean over noisy ratios − clean; {centering} "
-                          "centring)", noisy_minus_clean(spec["sve"]), +1, "nats", rule_pos))
-        out.append(_claim(f"3b. Noise lowers the top singular value's share p₁ (mean over noisy ratios − clean; "
-                          f"{centering} centring)", noisy_minus_clean(spec["p1"]), -1, "", rule_neg))
-        out.append(_claim("3c. … and more so with more noise (slope of SVE vs noise ratio, nats per 10% noise)",
-                          _slope(spec["sve"]), +1, "nats/10%", rule_pos, 0.1))
-        out.append(_claim("3d. … and more so with more noise (slope of p₁ vs noise ratio, per 10% noise)",
-                          _slope(spec["p1"]), -1, "/10%", rule_neg, 0.1))
-    methods = list(transfer["method"].values)
+
+RULE_POS = "supported if the 95% CI over seeds lies above 0, contradicted if below, else inconclusive"
+RULE_NEG = "supported if the 95% CI over seeds lies below 0, contradicted if above, else inconclusive"
+NOT_JUDGED = "not judged"  # the grid lacks the noise ratios the claim compares
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The noise ratios a claim can compare: 0 (None if absent), slight, heavy and every ratio > 0."""
+
+    zero: float | None
+    slight: list[float]
+    heavy: list[float]
+    noisy: list[float]
+
+
+def _unjudged(text: str, sign: int, why: str) -> Claim:
+    """A claim the grid cannot judge, listed with the reason instead of left out."""
+    return Claim(text, f"not judged: the grid lacks {why}", RULE_POS if sign > 0 else RULE_NEG, NOT_JUDGED,
+                 float("nan"), float("nan"), 0, sign)
+
+
+def _pct(ratios) -> str:
+    return ", ".join(f"{r:.0%}" for r in ratios)
+
+
+def _transfer_claims(g: _Grid, id_lp: xr.DataArray, ood_lp: xr.DataArray, probe: str) -> list[Claim]:
+    """Claims 1 (ID) and 2 (OOD) on the probe's ID and OOD means."""
+    def at(da, ratios):
+        return da.sel(noise_ratio=ratios).mean("noise_ratio")
+
+    text_1a = f"1a. Slight pre-training noise improves ID transfer ({probe.upper()} ID mean, noisy − clean)"
+    text_1b = "1b. More noise hurts ID transfer relative to slight noise (ID mean, heavy − slight)"
+    text_2a = f"2a. Any pre-training noise hurts OOD transfer ({probe.upper()} OOD mean over noisy ratios − clean)"
+    text_2b = "2b. More noise hurts OOD more (slope of the OOD mean vs noise ratio, points per 10% noise)"
+    out = []
+    if g.zero is not None and g.slight:
+        out.append(_claim(text_1a.replace("noise improves", f"noise ({_pct(g.slight)}) improves"),
+                          (at(id_lp, g.slight) - id_lp.sel(noise_ratio=g.zero)).values, +1, "points", RULE_POS, 100))
+    else:
+        out.append(_unjudged(text_1a, +1, f"noise ratio 0 and a slight one ({_pct(SLIGHT)})"))
+    if g.slight and g.heavy:
+        out.append(_claim(text_1b.replace("More noise", f"More noise ({_pct(g.heavy)})"),
+                          (at(id_lp, g.heavy) - at(id_lp, g.slight)).values, -1, "points", RULE_NEG, 100))
+    else:
+        out.append(_unjudged(text_1b, -1, f"a slight ({_pct(SLIGHT)}) and a heavy ({_pct(HEAVY)}) noise ratio"))
+    if g.zero is not None and g.noisy:
+        out.append(_claim(text_2a, (at(ood_lp, g.noisy) - ood_lp.sel(noise_ratio=g.zero)).values, -1, "points",
+                          RULE_NEG, 100))
+    else:
+        out.append(_unjudged(text_2a, -1, "noise ratio 0 and a noise ratio > 0"))
+    if len(g.noisy) + (g.zero is not None) >= 2:
+        out.append(_claim(text_2b, _slope(ood_lp), -1, "points/10%", RULE_NEG, 10))
+    else:
+        out.append(_unjudged(text_2b, -1, "two noise ratios (a slope needs two)"))
+    return out
+
+
+def _spectrum_claims(g: _Grid, spec: xr.Dataset, centering: str) -> list[Claim]:
+    """Claims 3a-3d on the spectrum of the pre-trained features."""
+    texts = [(f"3a. Noise flattens the spectrum: higher SVE (mean over noisy ratios − clean; {centering} centring)",
+              "sve", +1, "nats"),
+             (f"3b. Noise lowers the top singular value's share p₁ (mean over noisy ratios − clean; {centering} "
+              "centring)", "p1", -1, "")]
+    slopes = [("3c. … and more so with more noise (slope of SVE vs noise ratio, nats per 10% noise)", "sve", +1,
+               "nats/10%"),
+              ("3d. … and more so with more noise (slope of p₁ vs noise ratio, per 10% noise)", "p1", -1, "/10%")]
+    out = []
+    for text, metric, sign, unit in texts:
+        if g.zero is not None and g.noisy:
+            effect = (spec[metric].sel(noise_ratio=g.noisy).mean("noise_ratio") - spec[metric].sel(noise_ratio=g.zero))
+            out.append(_claim(text, effect.values, sign, unit, RULE_POS if sign > 0 else RULE_NEG))
+        else:
+            out.append(_unjudged(text, sign, "noise ratio 0 and a noise ratio > 0"))
+    for text, metric, sign, unit in slopes:
+        if spec.sizes["noise_ratio"] >= 2:
+            out.append(_claim(text, _slope(spec[metric]), sign, unit, RULE_POS if sign > 0 else RULE_NEG, 0.1))
+        else:
+            out.append(_unjudged(text, sign, "two noise ratios (a slope needs two)"))
+    return out
+
+
+def _nmtune_claims(means: xr.Dataset, methods: list[str]) -> list[Claim]:
+    """Claims 4a-4d: NMTune against LP and MLP on the ID and OOD means, averaged over the noise ratios."""
+    out = []
     letters = iter("abcd")
     for other in ("lp", "mlp"):
         for which in ("id_mean", "ood_mean"):
@@ -172,7 +223,7 @@ def judge_claims(transfer: xr.Dataset, spectrum: xr.Dataset, *, probe: str = "lp
                 continue
             diff = (means[which].sel({"method": "nmtune"}) - means[which].sel({"method": other})).mean("noise_ratio")
             out.append(_claim(f"4{letter}. NMTune beats {other.upper()} on {which[:-5].upper()} (mean over noise "
-                              f"ratios, NMTune − {other.upper()})", diff.values, +1, pts, rule_pos, 100))
+                              f"ratios, NMTune − {other.upper()})", diff.values, +1, "points", RULE_POS, 100))
     return out
 
 
@@ -203,6 +254,16 @@ def claims_table(claims: list[Claim]):
 
 def claims_records(claims: list[Claim]) -> list[dict]:
     return [asdict(c) for c in claims]
+
+
+def claims_document(claims: list[Claim], study) -> dict:
+    """``claims.json``: the claims, the grid they cover (``noise_ratios``, ``seeds``) and the sha256 of every result
+    file read (named relative to the study folder), so that a stale or partial summary can be told from a fresh one."""
+    from .markers import digests
+
+    inputs, _ = study.summary_files()
+    return {"grid": {"noise_ratios": list(study.config.noise_ratios), "seeds": list(study.config.seeds)},
+            "inputs": digests(inputs), "claims": claims_records(claims)}
 
 
 def robustness_table(claims: list[Claim]):

@@ -1,19 +1,21 @@
 """The study as one command: papermill runs per (noise ratio, seed), the summary, and HTML reports (``nmtune``).
 
 ``nmtune sweep`` executes notebooks 01–04 for every (noise ratio, seed) of a preset into the run directories, then
-notebook 05 once for the preset. Completion of each notebook is marked by ``<NN_name>.done`` (JSON, written last and
-atomically), so a rerun after a crash or ``kill -9`` skips finished work; the notebooks' own steps resume from their
-checkpoints and caches, so the results equal those of an uninterrupted sweep. ``nmtune report`` renders executed
-notebooks to HTML with nbconvert and writes an index with the claims table on top.
+notebook 05 once for the grid. Completion of each notebook is marked by ``<NN_name>.done``, keyed by content
+(markers.py), so a rerun after a crash or ``kill -9`` skips finished work and redoes stale work; the notebooks' own
+steps resume from their checkpoints and caches, so the results equal those of an uninterrupted sweep. The workers
+and their kernels die with the sweep, and one sweep at a time holds a run root (lock.py). ``nmtune report``
+(report.py) renders the executed notebooks to HTML.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
-import html
+import contextlib
 import json
+import multiprocessing
 import os
-import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -22,25 +24,27 @@ from typing import Any, Sequence
 
 from .config import PROJECT_ROOT as ROOT
 from .config import StudyConfig, parse_assignments
-from .files import atomic_write, atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text
+from .lock import RunRootBusy, run_root_lock
+from .markers import is_done, mark_done, step_key
 from .parameters import NOTEBOOK_DIR, declared_parameters
+from .run import Run, Study
 
 RUN_NOTEBOOKS = ("01_noise_injection", "02_pretrain", "03_spectrum", "04_transfer")
 SUMMARY_NOTEBOOK = "05_summary"
-MANAGED = ("preset", "dataset", "noise_ratio", "noise_kind", "seed", "run_root", "progress", "overrides")
+MANAGED = ("preset", "dataset", "noise_ratio", "noise_ratios", "noise_kind", "seed", "seeds", "run_root", "progress",
+           "overrides")
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """One (noise ratio, seed) chain of notebooks and the parameters each receives."""
 
-    noise_ratio: float
-    seed: int
-    run_dir: Path
+    run: Run
     parameters: dict[str, dict[str, Any]]  # notebook name -> parameters
 
 
-def plan(config: StudyConfig, overrides: dict[str, Any], extra: dict[str, Any] | None = None) -> list[RunSpec]:
+def plan(study: Study, overrides: dict[str, Any], extra: dict[str, Any] | None = None) -> list[RunSpec]:
     """Every (ratio, seed) chain with per-notebook parameters, validated against each notebook before any compute.
 
     ``extra`` holds notebook parameters given with ``--param``: each must be declared by at least one notebook and
@@ -57,60 +61,63 @@ def plan(config: StudyConfig, overrides: dict[str, Any], extra: dict[str, Any] |
     if bad:
         raise ValueError(f"unknown notebook parameter(s) {bad}; valid --param names: {', '.join(valid)} "
                          f"(the sweep sets {', '.join(MANAGED)} itself; config fields go through --set)")
-    runs = []
-    for ratio in config.noise_ratios:
-        for seed in config.seeds:
-            values = dict(preset=config.preset, dataset=config.dataset, noise_ratio=ratio, noise_kind=config.noise_kind,
-                          seed=seed, run_root=config.run_root, progress=False, overrides=json.dumps(overrides),
-                          **extra)
-            parameters = {name: {k: v for k, v in values.items() if k in declared[name]} for name in RUN_NOTEBOOKS}
-            runs.append(RunSpec(ratio, seed, config.run_dir(ratio, seed), parameters))
-    return runs
+    config = study.config
+    specs = []
+    for run in study.runs():
+        values = dict(preset=config.preset, dataset=config.dataset, noise_ratio=run.noise_ratio,
+                      noise_kind=config.noise_kind, seed=run.seed, run_root=config.run_root, progress=False,
+                      overrides=json.dumps(overrides), **extra)
+        specs.append(RunSpec(run, {name: {k: v for k, v in values.items() if k in declared[name]}
+                                   for name in RUN_NOTEBOOKS}))
+    return specs
 
 
-def summary_parameters(config: StudyConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+def summary_parameters(study: Study, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Notebook 05's parameters: the grid it summarises (noise ratios and seeds) and the sweep's overrides."""
+    config = study.config
     declared = declared_parameters(SUMMARY_NOTEBOOK)
     values = dict(preset=config.preset, dataset=config.dataset, noise_kind=config.noise_kind, run_root=config.run_root,
-                  overrides=json.dumps(overrides))
+                  noise_ratios=list(config.noise_ratios), seeds=list(config.seeds), overrides=json.dumps(overrides))
     return {k: v for k, v in values.items() if k in declared}
 
 
-def execute(name: str, out_dir: Path, parameters: dict[str, Any]) -> dict[str, Any]:
-    """Run one notebook unless its ``.done`` marker matches; returns the marker (or raises on a failing cell).
+def execute(name: str, out_dir: Path, parameters: dict[str, Any], files: tuple[dict[str, Path], dict[str, Path]]
+            ) -> dict[str, Any]:
+    """Run one notebook unless its marker says it is done (markers.py); return the marker (or raise on a failing cell).
 
-    The executed notebook is written to ``out_dir/<name>.ipynb`` (kept when a cell fails, for inspection).
+    ``files``: the step's (inputs, outputs). The executed notebook is written to ``out_dir/<name>.ipynb`` (kept when
+    a cell fails, for inspection).
     """
     import papermill as pm
 
+    inputs, outputs = files
     marker = out_dir / f"{name}.done"
-    if marker.exists():
-        done = json.loads(marker.read_text())
-        if done.get("parameters") == parameters:
-            return {**done, "skipped": True}
-        marker.unlink()  # other parameters: redo (the notebook's own steps refuse mismatched artefacts)
+    key = step_key(parameters, inputs)
+    done = is_done(marker, key, outputs)
+    if done is not None:
+        return {**done, "skipped": True}
+    marker.unlink(missing_ok=True)  # stale: parameters, an input or an output changed; redo
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("JUPYTER_PATH", str(Path(sys.prefix) / "share" / "jupyter"))  # the venv's kernel first
     start = time.perf_counter()
     pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"), parameters=parameters,
                         kernel_name="python3", cwd=str(ROOT), progress_bar=False, log_output=False)
-    done = {"notebook": name, "parameters": parameters, "seconds": round(time.perf_counter() - start, 2),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_json(marker, done)
-    return done
+    return mark_done(marker, key, outputs, notebook=name, seconds=round(time.perf_counter() - start, 2),
+                     finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-def _run_chain(run: RunSpec, threads: int) -> dict[str, Any]:
+def _run_chain(spec: RunSpec, threads: int) -> dict[str, Any]:
     """Worker: notebooks 01–04 of one run in order; stops the chain at the first failing notebook."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NMTUNE_NUM_THREADS"):
         os.environ[var] = str(threads)
-    result: dict[str, Any] = {"run_dir": str(run.run_dir), "seconds": {}, "skipped": [], "error": None}
+    result: dict[str, Any] = {"run_dir": str(spec.run.dir), "seconds": {}, "skipped": [], "error": None}
     for name in RUN_NOTEBOOKS:
         try:
-            done = execute(name, run.run_dir, run.parameters[name])
+            done = execute(name, spec.run.dir, spec.parameters[name], spec.run.step_files(name))
         except Exception as err:  # papermill's PapermillExecutionError carries the failing cell
             cell = getattr(err, "exec_count", None)
             result["error"] = (f"{name} failed (cell [{cell}]: {getattr(err, 'ename', type(err).__name__)}: "
-                               f"{getattr(err, 'evalue', err)}); partial notebook: {run.run_dir / (name + '.ipynb')}")
+                               f"{getattr(err, 'evalue', err)}); partial notebook: {spec.run.notebook(name)}")
             break
         if done.get("skipped"):
             result["skipped"].append(name)
@@ -119,51 +126,86 @@ def _run_chain(run: RunSpec, threads: int) -> dict[str, Any]:
     return result
 
 
-def sweep(config: StudyConfig, overrides: dict[str, Any], *, jobs: int = 1, summary: bool = True,
-          extra: dict[str, Any] | None = None) -> int:
-    """Run every chain (``jobs`` in parallel processes, cores split between them), then the summary; return the
-    number of failed runs."""
-    from tqdm.auto import tqdm
+# --- process hygiene: the workers and their kernels never outlive the sweep -------------------------------------
 
-    StudyConfig.from_preset(config.preset, **{**_grid_fields(config), **overrides})  # bad overrides raise now
-    runs = plan(config, overrides, extra)
-    cores = os.cpu_count() or 1
-    jobs = max(1, min(jobs, len(runs)))
-    threads = max(1, cores // jobs)
-    failures: list[str] = []
-    timings: dict[str, float] = {}
-    skipped: dict[str, int] = {}
-    bar = tqdm(total=len(runs), desc=f"sweep {config.preset}", unit="run", file=sys.stdout)
-    if jobs == 1:
-        results = (_run_chain(run, threads) for run in runs)
-        pool = None
-    else:
-        pool = futures.ProcessPoolExecutor(max_workers=jobs)
-        results = (f.result() for f in futures.as_completed([pool.submit(_run_chain, run, threads) for run in runs]))
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: when the sweep dies (even by SIGKILL), Linux sends this worker SIGTERM (prctl
+    PR_SET_PDEATHSIG), on which it kills its kernels and exits. Elsewhere ipykernel's own parent poller remains."""
+    parent = os.getppid()
+    signal.signal(signal.SIGTERM, _end_kernels_and_exit)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the sweep, which ends the workers itself
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the sweep died before prctl took effect
+        _end_kernels_and_exit()
+
+
+def _end_kernels_and_exit(*_: Any) -> None:
+    _kill_descendants()
+    os._exit(128 + signal.SIGTERM)
+
+
+def _kill_descendants() -> None:
+    """SIGKILL every process below this one (kernels run in sessions of their own, so no group signal reaches them)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def _pool(jobs: int) -> futures.ProcessPoolExecutor:
+    """Workers forked from the sweep (so that the parent-death signal refers to it) that die with it."""
+    return futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_die_with_parent)
+
+
+# --- the sweep --------------------------------------------------------------------------------------------------
+
+def preflight(config: StudyConfig, extra: dict[str, Any]) -> None:
+    """Checks that need no run folder, run before any is written: the device exists and the pre-training data is
+    readable where the config says (a damaged or missing dataset file is named)."""
+    from .data import pretraining_data
+    from .models import resolve_device
+
+    device = extra.get("device", config.device)
     try:
-        for result in results:
-            bar.update(1)
-            for name, seconds in result["seconds"].items():
-                timings[name] = timings.get(name, 0.0) + seconds
-            for name in result["skipped"]:
-                skipped[name] = skipped.get(name, 0) + 1
-            if result["error"]:
-                failures.append(result["error"])
-                tqdm.write(f"FAILED {result['run_dir']}: {result['error']}", file=sys.stdout)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown()
-    if summary and not failures:
-        try:
-            done = execute(SUMMARY_NOTEBOOK, config.preset_dir(), summary_parameters(config, overrides))
-            if done.get("skipped"):
-                skipped[SUMMARY_NOTEBOOK] = 1
-            else:
-                timings[SUMMARY_NOTEBOOK] = done["seconds"]
-        except Exception as err:
-            failures.append(f"{SUMMARY_NOTEBOOK} failed: {err}; partial notebook: "
-                            f"{config.preset_dir() / (SUMMARY_NOTEBOOK + '.ipynb')}")
+        resolve_device(str(device))
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"device {device!r}: {err}") from None
+    try:
+        pretraining_data(config)
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(str(err)) from None
+
+
+def sweep(study: Study, overrides: dict[str, Any], *, jobs: int = 1, summary: bool = True,
+          extra: dict[str, Any] | None = None, wait: bool = False) -> int:
+    """Run every chain (``jobs`` worker processes, cores split between them), then the summary; return the number of
+    failed runs. Holds the run root's lock throughout (a second sweep there is refused, or waits with ``wait``)."""
+    config = study.config
+    resolved = StudyConfig.from_preset(config.preset, **{**_grid_fields(config), **overrides})  # bad overrides raise
+    runs = plan(study, overrides, extra)
+    preflight(resolved, extra or {})
+    with run_root_lock(config.run_root, wait=wait):
+        start = time.time()
+        timings, skipped, failures = _run_chains(study, runs, jobs)
+        if summary and not failures:
+            try:
+                done = execute(SUMMARY_NOTEBOOK, study.dir, summary_parameters(study, overrides), study.summary_files())
+                if done.get("skipped"):
+                    skipped[SUMMARY_NOTEBOOK] = 1
+                else:
+                    timings[SUMMARY_NOTEBOOK] = done["seconds"]
+            except Exception as err:
+                failures.append(f"{SUMMARY_NOTEBOOK} failed: {err}; partial notebook: "
+                                f"{study.path(SUMMARY_NOTEBOOK + '.ipynb')}")
+        record_timing(study, resolved, jobs=jobs, started=start, ran=timings)
     print("seconds per notebook (this invocation, all runs): " +
           (", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())) or "none run"))
     if skipped:
@@ -173,102 +215,70 @@ def sweep(config: StudyConfig, overrides: dict[str, Any], *, jobs: int = 1, summ
     return len(failures)
 
 
+def _run_chains(study: Study, runs: list[RunSpec], jobs: int) -> tuple[dict[str, float], dict[str, int], list[str]]:
+    """Every run's chain in ``jobs`` workers; (seconds per notebook, skips per notebook, failure messages)."""
+    from tqdm.auto import tqdm
+
+    jobs = max(1, min(jobs, len(runs)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    timings: dict[str, float] = {}
+    skipped: dict[str, int] = {}
+    failures: list[str] = []
+    bar = tqdm(total=len(runs), desc=f"sweep {study.config.preset}", unit="run", file=sys.stdout)
+    pool = _pool(jobs)
+    try:
+        for future in futures.as_completed([pool.submit(_run_chain, run, threads) for run in runs]):
+            result = future.result()
+            bar.update(1)
+            for name, seconds in result["seconds"].items():
+                timings[name] = timings.get(name, 0.0) + seconds
+            for name in result["skipped"]:
+                skipped[name] = skipped.get(name, 0) + 1
+            if result["error"]:
+                failures.append(result["error"])
+                tqdm.write(f"FAILED {result['run_dir']}: {result['error']}", file=sys.stdout)
+    except BaseException:  # Ctrl-C or a crash of the sweep itself: its workers and their kernels end with it
+        _kill_descendants()
+        raise
+    finally:
+        bar.close()
+        pool.shutdown(cancel_futures=True)
+    return timings, skipped, failures
+
+
+def record_timing(study: Study, resolved: StudyConfig, *, jobs: int, started: float, ran: dict[str, float]) -> None:
+    """Write the study folder's ``config.yaml`` (the resolved config) and ``timing.csv``: per notebook the seconds
+    its executions took, summed over the grid's runs (from their markers, so resumed work counts once), and a
+    ``total`` row with the wall-clock seconds of the sweep invocations that ran notebooks (``sweeps.json`` keeps one
+    entry per invocation: start, wall time, jobs, cores, seconds per notebook)."""
+    from .markers import read_marker
+
+    study.dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(study.path("config.yaml"), resolved.to_yaml())
+    log_path = study.path("sweeps.json")
+    log = json.loads(log_path.read_text()) if log_path.exists() else []
+    log.append(dict(started=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                    wall_seconds=round(time.time() - started, 1), jobs=jobs, cores=os.cpu_count(), ran=ran))
+    atomic_write_json(log_path, log)
+    stages: dict[str, float] = {}
+    markers = [(name, run.dir / f"{name}.done") for run in study.runs() for name in RUN_NOTEBOOKS]
+    for name, marker in [*markers, (SUMMARY_NOTEBOOK, study.path(f"{SUMMARY_NOTEBOOK}.done"))]:
+        done = read_marker(marker)
+        if done is not None:
+            stages[name] = stages.get(name, 0.0) + float(done.get("seconds", 0.0))
+    total = sum(entry["wall_seconds"] for entry in log if entry["ran"])
+    rows = [f"{name},{seconds:.1f}" for name, seconds in stages.items()] + [f"total,{total:.1f}"]
+    atomic_write_text(study.path("timing.csv"), "stage,seconds\n" + "\n".join(rows) + "\n")
+
+
 def _grid_fields(config: StudyConfig) -> dict[str, Any]:
     return dict(dataset=config.dataset, noise_ratios=config.noise_ratios, seeds=config.seeds,
                 noise_kind=config.noise_kind, run_root=config.run_root)
 
 
-# --- reports ---------------------------------------------------------------------------------------------------------
-
-PAGE_STYLE = "<style>.jp-RenderedHTMLCommon table{display:block;max-width:100%;overflow-x:auto}</style>"
-
-
-def render_html(notebook: Path, out: Path, *, title: str = "") -> Path:
-    """One executed notebook → one self-contained HTML file (lab template, no input cells, figures embedded), with
-    ``title`` as its title, a link back to the report's ``index.html`` and wide tables scrolling inside the page."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
-    title = title or notebook.stem
-    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4),
-                                          resources={"metadata": {"name": title}})
-    back = (f'<p style="margin:1em 2em"><a href="index.html">← nmtune-study report index</a> · '
-            f'{html.escape(title)}</p>')
-    body = body.replace("</head>", PAGE_STYLE + "</head>", 1)
-    body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + back, body, count=1)
-    return atomic_write_text(out, body)
-
-
-def report(config: StudyConfig, out_root: Path, *, all_seeds: bool = False) -> Path:
-    """Render the summary and the executed run notebooks (seed 0 of each ratio unless ``all_seeds``) into
-    ``out_root/<preset>/`` and write ``index.html`` with the claims table on top."""
-    if not config.preset_dir().is_dir():
-        raise ValueError(f"no runs of preset {config.preset!r} under {config.run_root}: run "
-                         f"'nmtune sweep --preset {config.preset}' first, or pass the --run-root it used")
-    out = out_root / config.preset
-    out.mkdir(parents=True, exist_ok=True)
-    pages: list[tuple[str, str]] = []
-    summary = config.preset_dir() / f"{SUMMARY_NOTEBOOK}.ipynb"
-    if summary.exists():
-        render_html(summary, out / f"{SUMMARY_NOTEBOOK}.html", title=f"{config.preset}: summary")
-        pages.append(("Summary: the paper's claims, figures and tables", f"{SUMMARY_NOTEBOOK}.html"))
-    seeds = config.seeds if all_seeds else config.seeds[:1]
-    for ratio in config.noise_ratios:
-        for seed in seeds:
-            run_dir = config.run_dir(ratio, seed)
-            for name in RUN_NOTEBOOKS:
-                notebook = run_dir / f"{name}.ipynb"
-                if notebook.exists():
-                    target = f"{config.noise_kind}-{ratio:.2f}_seed{seed}_{name}.html"
-                    render_html(notebook, out / target, title=f"{config.preset}: noise {ratio:.0%}, seed {seed}, {name}")
-                    pages.append((f"noise {ratio:.0%} · seed {seed} · {name}", target))
-    figures = sorted(config.preset_dir().glob("*.png"))  # the summary's key figures, shown on the index
-    tables = sorted(config.preset_dir().glob("*.csv"))  # claims, decomposition, sensitivity, robustness, stability
-    for path in (*figures, *tables):
-        atomic_write(out / path.name, lambda fh, f=path: fh.write(f.read_bytes()))
-    claims = config.preset_dir() / "claims.json"
-    table = _claims_html(json.loads(claims.read_text())) if claims.exists() else \
-        "<p>No claims table yet: run <code>nmtune sweep</code> (notebook 05 writes it).</p>"
-    links = "\n".join(f'<li><a href="{html.escape(href)}">{html.escape(title)}</a></li>' for title, href in pages)
-    atomic_write_text(out / "index.html", f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>nmtune-study · {config.preset}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}
-.supported{{background:#e6f4ea}}.contradicted{{background:#fce8e6}}.inconclusive{{background:#fef7e0}}</style>
-</head><body>
-<h1>nmtune-study · preset <code>{config.preset}</code></h1>
-<p>Label noise in pre-training and NMTune (Chen et al., ICLR 2024), regenerated by <code>make study</code>.</p>
-<h2>Claims of the paper, as measured here</h2>
-{table}
-{"".join(f'<p><img src="{html.escape(f.name)}" style="max-width:100%"></p>' for f in figures)}
-<h2>Tables (CSV)</h2>
-<ul>
-{"".join(f'<li><a href="{html.escape(t.name)}">{html.escape(t.name)}</a></li>' for t in tables)}
-</ul>
-<h2>Notebooks</h2>
-<ul>
-{links}
-</ul>
-</body></html>
-""")
-    return out / "index.html"
-
-
-def _claims_html(claims: list[dict[str, Any]]) -> str:
-    head = "<tr><th>protocol</th><th>claim</th><th>measured effect (95% CI)</th><th>rule</th><th>verdict</th></tr>"
-    rows = "\n".join(
-        f'<tr class="{html.escape(c["verdict"])}"><td>{html.escape(c.get("protocol", ""))}</td>'
-        f'<td>{html.escape(c["claim"])}</td>'
-        f'<td>{html.escape(c["effect"])}</td><td>{html.escape(c["rule"])}</td>'
-        f'<td>{html.escape(c["verdict"])}</td></tr>' for c in claims)
-    return f"<table>{head}\n{rows}</table>"
-
-
 # --- command line ----------------------------------------------------------------------------------------------------
 
-def _config_from_args(args: argparse.Namespace) -> StudyConfig:
+def _study_from_args(args: argparse.Namespace) -> Study:
     grid: dict[str, Any] = {"run_root": args.run_root}
     if getattr(args, "noise_ratios", None):
         grid["noise_ratios"] = args.noise_ratios
@@ -278,7 +288,7 @@ def _config_from_args(args: argparse.Namespace) -> StudyConfig:
         grid["noise_kind"] = args.noise_kind
     if getattr(args, "dataset", None):
         grid["dataset"] = args.dataset
-    return StudyConfig.from_preset(args.preset, **grid)
+    return Study(StudyConfig.from_preset(args.preset, **grid))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
                     help="a notebook parameter (e.g. device=cpu), passed to the notebooks that declare it")
     sw.add_argument("--no-summary", action="store_true", help="skip notebook 05")
+    sw.add_argument("--wait", action="store_true", help="if another sweep holds the run root, wait for it instead "
+                    "of stopping")
     rp = sub.add_parser("report", help="render executed notebooks to HTML with an index")
     rp.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
     rp.add_argument("--run-root", default="", help="the sweep's run root (default: $NMTUNE_RUNS, else <project "
@@ -309,16 +321,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     rp.add_argument("--all-seeds", action="store_true", help="render every seed, not only seed 0")
     args = parser.parse_args(argv)
     try:
-        config = _config_from_args(args)
+        study = _study_from_args(args)
         if args.command == "sweep":
             if args.jobs < 1:
                 raise ValueError(f"--jobs {args.jobs}: expected an integer >= 1")
-            return 1 if sweep(config, parse_assignments(args.overrides), jobs=args.jobs, summary=not args.no_summary,
-                              extra=parse_assignments(args.params)) else 0
-        index = report(config, Path(args.out), all_seeds=args.all_seeds)
+            return 1 if sweep(study, parse_assignments(args.overrides), jobs=args.jobs, summary=not args.no_summary,
+                              extra=parse_assignments(args.params), wait=args.wait) else 0
+        from .report import report
+
+        index = report(study, Path(args.out), all_seeds=args.all_seeds)
         print(f"report: {index}")
         return 0
-    except ValueError as err:
+    except (ValueError, RunRootBusy) as err:
         print(f"nmtune: error: {err}", file=sys.stderr)
         return 2
 

@@ -158,7 +158,8 @@ def default_suite(*, task_subset: int = 0, data_root: str | None = None, include
 
 
 def task_suite(name: str = "default", **kwargs) -> list[Task]:
-    """A task suite by name (``default`` offline; paper-scale suites are built from ``paper_data`` loaders)."""
+    """A task suite by name (``default`` offline; paper-scale suites are built from the ``paper_data`` and
+    ``image_folders`` loaders)."""
     if name not in SUITES:
         raise ValueError(f"unknown task suite {name!r}; accepted: {', '.join(SUITES)}")
     return default_suite(**kwargs)

@@ -27,7 +27,8 @@ import torch
 import xarray as xr
 
 from .augment import ViewAugment
-from .config import METHODS, parse_assignments
+from .config import parse_assignments
+from .reference import METHODS
 from .protocols import ABLATIONS, HeadSpec, head_spec, reference_specs, select_lr, sensitivity_specs
 
 BASE = "base"
@@ -65,7 +66,7 @@ class _TaskHeads:
 
     def views(self, config):
         """The two-view source of a setting: K cached views, or online re-encoding through the backbone."""
-        from .heads import CachedViews, OnlineViews
+        from .views import CachedViews, OnlineViews
 
         if config.head_mode == "online":
             return OnlineViews(self.backbone, self.task.train.images, device=self.device, augment=self.augment)
@@ -73,7 +74,7 @@ class _TaskHeads:
 
     def fit(self, config, spec: HeadSpec, index: torch.Tensor | None = None, *, name: str = ""):
         """The head ``spec`` trained on this task's samples ``index`` (all by default); ``name`` labels the log."""
-        from .heads import fit_head
+        from .tuning import fit_head
 
         source_key = ("eval",) if spec.inputs == "eval" else (config.head_mode, config.views)
         subset_key = None if index is None else tuple(index.tolist())
@@ -96,16 +97,19 @@ class _TaskHeads:
         return fit.accuracy(self.eval_train[index], self.task.train.labels[index])
 
 
-def run_transfer(backbone, tasks: Sequence[Any], config, *, noise_ratio: float, seed: int, checkpoint_hash: str,
-                 cache_dir=None, device: str = "cpu", progress: bool = False, log=print,
-                 spectrum_task: str | None = None, attrs: dict[str, Any] | None = None) -> xr.Dataset:
-    """Fit every head of every protocol and setting on every task and score every test domain (see the module
-    docstring). ``spectrum_task`` names the task whose in-training-domain test set gives the spectrum of the tuned
-    features z (default: the first task)."""
+def run_transfer(run, backbone, tasks: Sequence[Any], *, checkpoint_hash: str, device: str = "cpu",
+                 progress: bool = False, log=print, cache: bool = True, spectrum_task: str | None = None,
+                 attrs: dict[str, Any] | None = None) -> xr.Dataset:
+    """Fit every head of every protocol and setting on every task of ``run`` (a ``Run``: its config, noise ratio and
+    seed) and score every test domain (see the module docstring). Features are cached in ``run.features`` unless
+    ``cache`` is False. ``spectrum_task`` names the task whose in-training-domain test set gives the spectrum of the
+    tuned features z (default: the first task)."""
     from .features import extract_features
     from .models import resolve_device
 
     device = resolve_device(str(device))
+    config, noise_ratio, seed = run.config, run.noise_ratio, run.seed
+    cache_dir = run.features if cache else None
 
     loaded: dict[tuple, torch.Tensor] = {}  # one extraction (or cache read) per image set, transform and K per run
 

@@ -1,7 +1,8 @@
-"""Shared fixtures: data availability, a papermill runner for the notebooks."""
+"""Shared fixtures: data availability, a papermill runner for the notebooks, the smoke sweep of the test session."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,3 +42,23 @@ def run_notebook(name: str, out_dir: Path, *, cwd: Path = ROOT, **parameters):
     pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), parameters=parameters,
                         kernel_name="python3", cwd=str(cwd), progress_bar=False)
     return out
+
+
+NMTUNE = [sys.executable, "-m", "nmtune_lib.sweep"]
+SMOKE_RUNS = ("symmetric-0.00/seed0", "symmetric-0.20/seed0")  # the smoke grid's run folders
+
+
+def nmtune_sweep(run_root: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+    """``nmtune sweep --preset smoke --run-root RUN_ROOT EXTRA…`` in a subprocess (output captured)."""
+    return subprocess.run([*NMTUNE, "sweep", "--preset", "smoke", "--run-root", str(run_root), *extra], cwd=ROOT,
+                          capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    """The run root of one complete smoke sweep (notebooks 01-05), shared by the test session: read it, or copy it
+    before changing anything in it."""
+    root = tmp_path_factory.mktemp("sweep")
+    result = nmtune_sweep(root, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root

@@ -73,11 +73,6 @@ def test_papermill_and_yaml_strings_are_coerced():
     assert cfg.seeds == (0, 1) and cfg.noise_ratios == (0.1,)
 
 
-def test_run_dir_layout():
-    cfg = StudyConfig.from_preset("smoke", run_root="/tmp/r")
-    assert str(cfg.run_dir(0.05, 2)) == "/tmp/r/smoke/fashion_mnist/symmetric-0.05/seed2"
-
-
 def test_config_is_frozen():
     cfg = StudyConfig.from_preset("smoke")
     with pytest.raises(Exception):

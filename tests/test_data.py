@@ -47,11 +47,41 @@ def test_missing_fashion_mnist_names_every_searched_path_and_two_ways(tmp_path, 
     monkeypatch.setattr(data, "DEBIAN_FMNIST", tmp_path / "debian")
     monkeypatch.setenv("NMTUNE_DATA", str(tmp_path / "env"))
     with pytest.raises(FileNotFoundError) as err:
-        load_dataset("fashion_mnist", "train", root=tmp_path / "root")
+        load_dataset("fashion_mnist", "train")
     message = str(err.value)
-    for folder in ("root", "env", "debian"):
+    for folder in ("env", "debian"):
         assert str(tmp_path / folder) in message
     assert "apt-get install dataset-fashion-mnist" in message and "download=True" in message
+
+
+@needs_fmnist
+def test_a_given_data_root_without_the_files_is_an_error_not_a_fallback(tmp_path):
+    """The system copy exists (needs_fmnist), yet a data root that lacks the files must not fall back to it."""
+    with pytest.raises(FileNotFoundError, match=f"data_root {tmp_path / 'nowhere'} holds neither"):
+        load_dataset("fashion_mnist", "test", root=tmp_path / "nowhere")
+
+
+@needs_fmnist
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "short_data"])
+def test_a_damaged_idx_file_is_named(tmp_path, damage):
+    import gzip
+    import shutil
+
+    from nmtune_lib.data import FMNIST_FILES, fashion_mnist_search_path
+
+    source = next(p for p in fashion_mnist_search_path() if (p / FMNIST_FILES["test"][0]).is_file())
+    for name in FMNIST_FILES["test"]:
+        shutil.copy(source / name, tmp_path / name)
+    target = tmp_path / FMNIST_FILES["test"][0]
+    raw = target.read_bytes()
+    if damage == "truncate":
+        target.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        target.write_bytes(b"not a gzip file at all")
+    else:
+        target.write_bytes(gzip.compress(gzip.decompress(raw)[:-100]))
+    with pytest.raises(ValueError, match=str(target)):
+        load_dataset("fashion_mnist", "test", root=tmp_path)
 
 
 def test_failed_download_leaves_nothing_in_the_data_root(tmp_path, monkeypatch):

@@ -158,3 +158,24 @@ def test_views_follow_the_tasks_view_augment_and_are_cached_apart(backbone, imag
                                cache_dir=tmp_path, checkpoint_hash="c", progress=False)
     assert not torch.equal(out, flipped)
     assert len(list(tmp_path.glob("*.pt"))) == 2 and any("noflip" in p.name for p in tmp_path.glob("*.pt"))
+
+
+@pytest.mark.parametrize("damage", ["flip_byte", "truncate"])
+def test_a_damaged_cache_file_is_detected_and_recomputed(backbone, images, tmp_path, damage):
+    clean = extract_features(backbone, images, batch_size=64, cache_dir=tmp_path, checkpoint_hash="d", progress=False)
+    (path,) = tmp_path.glob("*.pt")
+    raw = bytearray(path.read_bytes())
+    if damage == "flip_byte":  # a byte inside the stored tensor: the file still loads, the values are wrong
+        stored = clean.numpy().tobytes()
+        start = bytes(raw).find(stored[:64])
+        assert start >= 0 and len(stored) > 1000
+        raw[start + 1000] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    else:
+        path.write_bytes(bytes(raw[: len(raw) // 2]))
+    with pytest.warns(UserWarning, match=f"feature cache {path} .*recomputing"):
+        again = extract_features(backbone, images, batch_size=64, cache_dir=tmp_path, checkpoint_hash="d",
+                                 progress=False)
+    assert torch.equal(again, clean)
+    assert torch.equal(extract_features(backbone, images, batch_size=64, cache_dir=tmp_path, checkpoint_hash="d",
+                                        progress=False), clean)  # the file was rewritten whole

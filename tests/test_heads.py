@@ -1,4 +1,5 @@
-"""Tests of nmtune_lib.heads: the modules, view sources, fit_head, NMTuneClassifier (sklearn checks), bad inputs."""
+"""Tests of the heads (nmtune_lib.heads), view sources (views), fit_head (tuning), NMTuneClassifier (estimator, with
+sklearn's checks) and their bad inputs."""
 from __future__ import annotations
 
 import math
@@ -12,12 +13,14 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from nmtune_lib import heads
+from nmtune_lib import tuning
 from nmtune_lib.augment import to_float
 from nmtune_lib.data import load_dataset
-from nmtune_lib.heads import (CachedViews, FeatureViews, LinearProbe, MLPHead, NMTuneClassifier, OnlineViews,
-                              fit_head, predict_logits)
+from nmtune_lib.estimator import NMTuneClassifier
+from nmtune_lib.heads import LinearProbe, MLPHead, predict_logits
 from nmtune_lib.losses import PARTS
+from nmtune_lib.tuning import fit_head
+from nmtune_lib.views import CachedViews, FeatureViews, OnlineViews
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -222,8 +225,8 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started before the input was validated")
 
-    monkeypatch.setattr(heads, "MLPHead", refuse)
-    monkeypatch.setattr(heads, "LinearProbe", refuse)
+    monkeypatch.setattr(tuning, "MLPHead", refuse)
+    monkeypatch.setattr(tuning, "LinearProbe", refuse)
 
 
 def _features(n=40, d=6, seed=0):

@@ -8,6 +8,7 @@ import torch
 from nmtune_lib.config import StudyConfig
 from nmtune_lib.noise import (FASHION_MNIST_MAP, inject_label_noise, labels_sha256, noisy_labels_for_run,
                               read_manifest, swap_captions)
+from nmtune_lib.run import MANIFEST, NOISY_LABELS, Run
 
 C = 10
 LABELS = torch.arange(1000) % C  # 100 per class
@@ -107,15 +108,43 @@ def test_manifest_written_beside_results_and_reloaded(tmp_path):
     from nmtune_lib.data import ImageSet
 
     train = ImageSet(torch.zeros(len(LABELS), 1, 2, 2, dtype=torch.uint8), LABELS, tuple("abcdefghij"), "toy/train")
-    cfg = StudyConfig.from_preset("smoke", noise_kind="symmetric")
-    noisy = noisy_labels_for_run(cfg, train, 0.2, 3, tmp_path)
-    manifest = read_manifest(tmp_path)
+    cfg = StudyConfig.from_preset("smoke", noise_kind="symmetric", run_root=str(tmp_path))
+    run = Run.of(cfg, 0.2, 3)
+    noisy = noisy_labels_for_run(run, train)
+    assert {p.name for p in run.dir.iterdir()} == {MANIFEST, NOISY_LABELS}
+    manifest = read_manifest(run.dir)
     for key in ("kind", "requested_ratio", "realised_ratio", "seed", "num_samples", "num_classes",
                 "clean_labels_sha256", "noisy_labels_sha256", "transition"):
         assert key in manifest
     assert manifest["realised_ratio"] == 0.2 and manifest["num_samples"] == 1000 and manifest["num_classes"] == 10
-    assert manifest["noisy_labels_sha256"] == labels_sha256(np.load(tmp_path / "noisy_labels.npy"))
-    assert torch.equal(noisy_labels_for_run(cfg, train, 0.2, 3, tmp_path).labels, noisy.labels)  # reload agrees
-    with pytest.raises(ValueError, match="does not match"):
-        noisy_labels_for_run(cfg, train, 0.3, 3, tmp_path)  # another ratio, same folder: refused
-    json.loads((tmp_path / "noise_manifest.json").read_text())
+    assert manifest["noisy_labels_sha256"] == labels_sha256(np.load(run.noisy_labels))
+    assert manifest["seed"] == 3 and manifest["dataset"] == "toy/train"
+    assert torch.equal(noisy_labels_for_run(run, train).labels, noisy.labels)  # reload agrees
+    shifted = ImageSet(train.images, (LABELS + 1) % C, train.classes, "toy/train")
+    with pytest.raises(ValueError, match="is not the noise this run asks for"):
+        noisy_labels_for_run(run, shifted)  # other clean labels, same run folder: refused
+    json.loads(run.manifest.read_text())
+
+
+@pytest.mark.parametrize("damage", ["flip_label_byte", "truncate_labels", "truncate_manifest", "delete_labels"])
+def test_damaged_noise_files_are_named_and_rewritten(tmp_path, damage):
+    from nmtune_lib.data import ImageSet
+
+    train = ImageSet(torch.zeros(len(LABELS), 1, 2, 2, dtype=torch.uint8), LABELS, tuple("abcdefghij"), "toy/train")
+    run = Run.of(StudyConfig.from_preset("smoke", run_root=str(tmp_path)), 0.2, 3)
+    noisy = noisy_labels_for_run(run, train)
+    clean_bytes = {p: p.read_bytes() for p in (run.manifest, run.noisy_labels)}
+    target = run.manifest if damage == "truncate_manifest" else run.noisy_labels
+    raw = bytearray(target.read_bytes())
+    if damage == "flip_label_byte":
+        raw[-5] ^= 0x01  # a label in the data block: still a valid .npy, other values
+        target.write_bytes(bytes(raw))
+    elif damage == "delete_labels":
+        target.unlink()
+    else:
+        target.write_bytes(bytes(raw[: len(raw) // 2]))
+    with pytest.warns(UserWarning, match=f"{target} is damaged or missing; rewritten"):
+        again = noisy_labels_for_run(run, train)
+    assert torch.equal(again.labels, noisy.labels)
+    assert {p: p.read_bytes() for p in clean_bytes} == clean_bytes  # the very files of the first write
+

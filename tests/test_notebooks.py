@@ -52,7 +52,7 @@ def test_check_parameters_names_the_unknown_and_the_mistyped():
     from nmtune_lib.parameters import check_parameters
 
     good = dict(preset="smoke", dataset="fashion_mnist", noise_ratio=0, noise_kind="symmetric", seed=1, run_root="",
-                overrides="{}", out_dir="", In=[], get_ipython=None, _i1="")
+                overrides="{}", In=[], get_ipython=None, _i1="")
     assert check_parameters(good, "01_noise_injection")["noise_ratio"] == 0
     with pytest.raises(ValueError, match=r"'noise_ration' \(did you mean 'noise_ratio'\?\); this notebook takes: "):
         check_parameters({**good, "noise_ration": 0.2}, "01_noise_injection")

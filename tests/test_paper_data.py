@@ -1,4 +1,4 @@
-"""Tests for nmtune_lib.paper_data on tiny image folders built in tmp_path (no network, no downloads)."""
+"""Tests for nmtune_lib.paper_data, image_folders, image_sets on tiny folders in tmp_path (no network, no downloads)."""
 from __future__ import annotations
 
 import inspect
@@ -14,6 +14,8 @@ from PIL import Image
 
 from nmtune_lib import paper_data as pd
 from nmtune_lib.data import ImageSet
+from nmtune_lib.image_folders import FileListDataset, domainnet_classes, domainnet_folder, imagenet_folder
+from nmtune_lib.image_sets import to_image_set
 
 PAPER_14 = {"cifar10", "cifar100", "food101", "flowers102", "oxford_pets", "stanford_cars", "fgvc_aircraft", "dtd",
             "svhn", "caltech101", "eurosat", "pcam", "resisc45", "rendered_sst2"}
@@ -163,7 +165,7 @@ def test_seeded_80_20_split_on_fake_folder(name, folder, tmp_path):
     assert sorted(train.indices.tolist() + test.indices.tolist()) == list(range(21))
     assert np.array_equal(train.indices, again.indices)
     assert train.targets == [train.base.targets[i] for i in train.indices]
-    images = pd.to_image_set(train, img_size=4, max_samples=6, progress=False)
+    images = to_image_set(train, img_size=4, max_samples=6, progress=False)
     assert images.name == f"{name}/train" and images.classes == ("AnnualCrop", "Forest", "River")
     assert images.images.shape == (6, 3, 4, 4) and torch.bincount(images.labels).tolist() == [3, 1, 2]  # proportional
 
@@ -206,16 +208,16 @@ def test_per_class_split_sizes_determinism_and_seed():
 def test_imagenet_folder_classes_agree_across_splits(tmp_path):
     _class_tree(tmp_path / "train", {"n01": 3, "n02": 2, "n03": 2}, ext=".JPEG")
     _class_tree(tmp_path / "val", {"n01": 1, "n03": 2}, ext=".JPEG")  # val lacks n02
-    train = pd.imagenet_folder(tmp_path, "train")
-    val = pd.imagenet_folder(tmp_path, "test", transform=np.asarray)
+    train = imagenet_folder(tmp_path, "train")
+    val = imagenet_folder(tmp_path, "test", transform=np.asarray)
     assert train.classes == val.classes == ("n01", "n02", "n03")
     assert train.targets == [0, 0, 0, 1, 1, 2, 2] and val.targets == [0, 2, 2]
     image, label = val[1]
     assert image.shape == (8, 8, 3) and image.dtype == np.uint8 and label == 2
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere" / "val"))):
-        pd.imagenet_folder(tmp_path / "nowhere", "val")
+        imagenet_folder(tmp_path / "nowhere", "val")
     with pytest.raises(ValueError, match="unknown split"):
-        pd.imagenet_folder(tmp_path, "holdout")
+        imagenet_folder(tmp_path, "holdout")
 
 
 # --- DomainNet-style folders ----------------------------------------------------------------------------------------
@@ -227,9 +229,9 @@ def _domainnet(root: Path) -> None:
 
 def test_domainnet_classes_aligned_across_domains_and_seeded_split(tmp_path):
     _domainnet(tmp_path)
-    assert pd.domainnet_classes(tmp_path) == ("cat", "dog", "zebra")
-    real = {s: pd.domainnet_folder(tmp_path, "real", s) for s in pd.SPLITS}
-    sketch = {s: pd.domainnet_folder(tmp_path, "sketch", s) for s in pd.SPLITS}
+    assert domainnet_classes(tmp_path) == ("cat", "dog", "zebra")
+    real = {s: domainnet_folder(tmp_path, "real", s) for s in pd.SPLITS}
+    sketch = {s: domainnet_folder(tmp_path, "sketch", s) for s in pd.SPLITS}
     for ds in (*real.values(), *sketch.values()):
         assert ds.classes == ("cat", "dog", "zebra")
     assert np.bincount(real["train"].targets).tolist() == [4, 4]
@@ -239,8 +241,8 @@ def test_domainnet_classes_aligned_across_domains_and_seeded_split(tmp_path):
         assert all(ds.classes[y] == Path(p).parent.name for p, y in ds.samples)
     train_paths = {p for p, _ in sketch["train"].samples}
     assert train_paths.isdisjoint(p for p, _ in sketch["test"].samples)
-    assert pd.domainnet_folder(tmp_path, "sketch", "train").samples == sketch["train"].samples  # fixed split
-    reseeded = [pd.domainnet_folder(tmp_path, "sketch", "train", split_seed=s).samples for s in range(1, 4)]
+    assert domainnet_folder(tmp_path, "sketch", "train").samples == sketch["train"].samples  # fixed split
+    reseeded = [domainnet_folder(tmp_path, "sketch", "train", split_seed=s).samples for s in range(1, 4)]
     assert any(r != sketch["train"].samples for r in reseeded)
     image, label = sketch["test"][0]
     assert image.mode == "RGB" and image.size == (8, 8) and label == 1
@@ -252,30 +254,30 @@ def test_domainnet_split_files(tmp_path):
     (tmp_path / "real_train.txt").write_text("real/cat/img_001.jpg 0\nreal/dog/img_002.jpg 1\n"
                                              "real/dog/img_003.jpg 1\n")
     (tmp_path / "real_test.txt").write_text("real/cat/img_005.jpg 0\n\n")
-    train = pd.domainnet_folder(tmp_path, "real", "train", transform=np.asarray)
-    test = pd.domainnet_folder(tmp_path, "real", "test")
+    train = domainnet_folder(tmp_path, "real", "train", transform=np.asarray)
+    test = domainnet_folder(tmp_path, "real", "test")
     assert [Path(p).name for p, _ in train.samples] == ["img_001.jpg", "img_002.jpg", "img_003.jpg"]
     assert train.targets == [0, 1, 1] and test.targets == [0] and len(test) == 1
     assert train[1][0].shape == (8, 8, 3)
     (tmp_path / "real_test.txt").write_text("real/dog/img_005.jpg 7\n")
     with pytest.warns(UserWarning, match="1 of 1 labels differ"):
-        assert pd.domainnet_folder(tmp_path, "real", "test").targets == [1]
+        assert domainnet_folder(tmp_path, "real", "test").targets == [1]
     (tmp_path / "real_test.txt").write_text("real/lion/img_005.jpg 2\n")
     with pytest.raises(ValueError, match="class folder 'lion'"):
-        pd.domainnet_folder(tmp_path, "real", "test")
+        domainnet_folder(tmp_path, "real", "test")
     (tmp_path / "real_test.txt").unlink()
     with pytest.raises(FileNotFoundError, match="real_test.txt does not"):
-        pd.domainnet_folder(tmp_path, "real", "train")
+        domainnet_folder(tmp_path, "real", "train")
 
 
 def test_domainnet_errors(tmp_path):
     _domainnet(tmp_path)
     with pytest.raises(ValueError, match="accepted: real, sketch, painting, clipart"):
-        pd.domainnet_folder(tmp_path, "photo", "train")
+        domainnet_folder(tmp_path, "photo", "train")
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "painting"))):
-        pd.domainnet_folder(tmp_path, "painting", "test")
+        domainnet_folder(tmp_path, "painting", "test")
     with pytest.raises(ValueError, match="unknown split"):
-        pd.domainnet_folder(tmp_path, "real", "val")
+        domainnet_folder(tmp_path, "real", "val")
 
 
 # --- to_image_set ---------------------------------------------------------------------------------------------------
@@ -288,9 +290,9 @@ def test_to_image_set_resizes_and_centre_crops(tmp_path):
     Image.fromarray(stripes).save(tmp_path / "a" / "wide.png")
     _image(tmp_path / "a" / "tall.png", size=(6, 13))
     _image(tmp_path / "b" / "gray.png", size=(20, 20), mode="L", color=(77,))
-    ds = pd.FileListDataset([(str(tmp_path / "a" / "wide.png"), 0), (str(tmp_path / "a" / "tall.png"), 0),
-                             (str(tmp_path / "b" / "gray.png"), 1)], ("a", "b"), "toy")
-    images = pd.to_image_set(ds, img_size=8, progress=False)
+    ds = FileListDataset([(str(tmp_path / "a" / "wide.png"), 0), (str(tmp_path / "a" / "tall.png"), 0),
+                          (str(tmp_path / "b" / "gray.png"), 1)], ("a", "b"), "toy")
+    images = to_image_set(ds, img_size=8, progress=False)
     assert isinstance(images, ImageSet) and images.name == "toy" and images.classes == ("a", "b")
     assert images.images.dtype == torch.uint8 and images.images.shape == (3, 3, 8, 8)
     assert images.labels.dtype == torch.int64 and images.labels.tolist() == [0, 0, 1]
@@ -301,9 +303,9 @@ def test_to_image_set_resizes_and_centre_crops(tmp_path):
 def test_to_image_set_subset_is_seeded_and_stratified(tmp_path):
     _class_tree(tmp_path, {"a": 6, "b": 6, "c": 6})
     samples = [(str(p), k) for k, c in enumerate("abc") for p in sorted((tmp_path / c).iterdir())]
-    ds = pd.FileListDataset(samples, ("a", "b", "c"), "toy")
-    one = pd.to_image_set(ds, img_size=4, max_samples=6, seed=3, name="sub", progress=False)
-    two = pd.to_image_set(ds, img_size=4, max_samples=6, seed=3, name="sub", progress=False, batch_size=4)
+    ds = FileListDataset(samples, ("a", "b", "c"), "toy")
+    one = to_image_set(ds, img_size=4, max_samples=6, seed=3, name="sub", progress=False)
+    two = to_image_set(ds, img_size=4, max_samples=6, seed=3, name="sub", progress=False, batch_size=4)
     assert one.images.shape == (6, 3, 4, 4) and one.name == "sub"
     assert torch.equal(one.images, two.images) and torch.equal(one.labels, two.labels)
     assert torch.bincount(one.labels).tolist() == [2, 2, 2]
@@ -319,10 +321,10 @@ def test_to_image_set_accepts_tensor_datasets():
         def __getitem__(self, i):
             return torch.full((1, 5, 7), i / 4), i % 2
 
-    images = pd.to_image_set(Floats(), img_size=4, progress=False, name="floats")
+    images = to_image_set(Floats(), img_size=4, progress=False, name="floats")
     assert images.images.shape == (4, 3, 4, 4) and images.images.dtype == torch.uint8
     assert images.images[2].unique().tolist() == [128] and images.labels.tolist() == [0, 1, 0, 1]
-    few = pd.to_image_set(Floats(), img_size=4, max_samples=3, seed=0, progress=False, name="few")
+    few = to_image_set(Floats(), img_size=4, max_samples=3, seed=0, progress=False, name="few")
     assert len(few) == 3  # no targets attribute: a seeded uniform subset
 
 

@@ -12,6 +12,7 @@ from nmtune_lib.config import StudyConfig
 from nmtune_lib.data import load_dataset
 from nmtune_lib.protocols import ABLATIONS, head_spec, holdout_split, select_lr, sensitivity_specs
 from nmtune_lib.tasks import IN_DOMAIN, Task
+from nmtune_lib.run import Run
 from nmtune_lib.transfer import run_transfer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -78,16 +79,16 @@ class PixelBackbone(nn.Module):
         return F.avg_pool2d(x, 4).flatten(1)
 
 
-def test_run_transfer_fits_every_protocol_setting_and_variant():
+def test_run_transfer_fits_every_protocol_setting_and_variant(tmp_path):
     train, test = load_dataset("uci_digits", "train"), load_dataset("uci_digits", "test")
     gen = torch.Generator().manual_seed(0)
     train, test = (s.subset(torch.randperm(len(s), generator=gen)[:n]) for s, n in ((train, 400), (test, 200)))
     tasks = [Task("digits", "id", train, {IN_DOMAIN: test}, flip=False),
              Task("digits_ood", "ood", train, {"a": test, "b": test}, train_domain="a", flip=False)]
     cfg = StudyConfig.from_preset("smoke", ablation=True, ablation_task="digits_ood", robustness=["head_epochs=1"],
-                                  reg_scales=[1.0, 10.0], lr_grid=[1e-3, 1e-2], head_epochs=5)
+                                  reg_scales=[1.0, 10.0], lr_grid=[1e-3, 1e-2], head_epochs=5, run_root=str(tmp_path))
     lines = []
-    ds = run_transfer(PixelBackbone(), tasks, cfg, noise_ratio=0.1, seed=0, checkpoint_hash="x", log=lines.append)
+    ds = run_transfer(Run.of(cfg, 0.1, 0), PixelBackbone(), tasks, checkpoint_hash="x", log=lines.append, cache=False)
     assert list(ds["setting"].values) == ["base", "head_epochs=1"]
     assert list(ds["protocol"].values) == ["reference", "matched"]
     acc = ds["accuracy"].isel(noise_ratio=0, seed=0)

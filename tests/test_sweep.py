@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,24 +12,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conftest import ROOT, needs_fmnist
+from conftest import NMTUNE, ROOT, SMOKE_RUNS as RUNS, needs_fmnist, nmtune_sweep as _sweep
 
 pytestmark = [needs_fmnist, pytest.mark.slow]
-NMTUNE = [sys.executable, "-m", "nmtune_lib.sweep"]
-RUNS = ("symmetric-0.00/seed0", "symmetric-0.20/seed0")  # the smoke grid
-
-
-def _sweep(run_root: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*NMTUNE, "sweep", "--preset", "smoke", "--run-root", str(run_root), *extra], cwd=ROOT,
-                          capture_output=True, text=True, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def smoke_sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
-    result = _sweep(root, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root
 
 
 def _run(root: Path, run: str) -> Path:
@@ -66,8 +50,12 @@ def test_notebook_04_wrote_transfer_results_above_chance(smoke_sweep):
 
 
 def test_notebook_05_wrote_the_claims_table(smoke_sweep):
-    claims = json.loads((smoke_sweep / "smoke" / "claims.json").read_text())
-    assert claims and all(c["verdict"] in ("supported", "contradicted", "inconclusive") for c in claims)
+    document = json.loads((smoke_sweep / "smoke" / "claims.json").read_text())
+    claims = document["claims"]
+    assert claims and all(c["verdict"] in ("supported", "contradicted", "inconclusive", "not judged") for c in claims)
+    assert document["grid"] == {"noise_ratios": [0.0, 0.2], "seeds": [0]}
+    assert sorted(document["inputs"]) == [f"fashion_mnist/{run}/{name}" for run in RUNS
+                                          for name in ("spectrum.nc", "transfer.nc")]
     import pandas as pd
 
     table = pd.read_csv(smoke_sweep / "smoke" / "claims.csv")
@@ -80,6 +68,19 @@ def test_notebook_05_wrote_the_claims_table(smoke_sweep):
     robust = pd.read_csv(smoke_sweep / "smoke" / "robustness.csv")
     assert set(robust["setting"]) == {"reference", "matched", "reference, head_epochs=1"}
     assert (smoke_sweep / "smoke" / "decomposition.csv").exists() and (smoke_sweep / "smoke" / "stability.csv").exists()
+
+
+def test_the_sweep_records_its_config_and_stage_times(smoke_sweep):
+    import pandas as pd
+
+    from nmtune_lib.config import StudyConfig
+
+    config = StudyConfig.from_yaml((smoke_sweep / "smoke" / "config.yaml").read_text())
+    assert config.preset == "smoke" and config.noise_ratios == (0.0, 0.2) and config.run_root == str(smoke_sweep)
+    timing = pd.read_csv(smoke_sweep / "smoke" / "timing.csv").set_index("stage")["seconds"]
+    stages = ["01_noise_injection", "02_pretrain", "03_spectrum", "04_transfer", "05_summary"]
+    assert list(timing.index) == [*stages, "total"] and (timing > 0).all()
+    assert timing["total"] < timing[stages].sum() * 1.5 + 60  # wall clock of the sweep, not a sum of anything else
 
 
 def test_online_views_run_through_the_whole_sweep_on_a_cpu(tmp_path):
@@ -154,6 +155,7 @@ def test_report_index_links_every_rendered_notebook(smoke_sweep, tmp_path):
         if page.endswith(("01_noise_injection.html", "02_pretrain.html", "05_summary.html")):
             assert "data:image/png;base64" in (tmp_path / "smoke" / page).read_text()  # figures embedded
     assert "<table>" in index and any(v in index for v in ("supported", "inconclusive", "contradicted"))
+    assert (tmp_path / "smoke" / "timing.csv").exists() and 'href="config.yaml"' in index
 
 
 def test_report_on_a_missing_run_root_fails_naming_it(tmp_path):

@@ -1,0 +1,54 @@
+"""Completion markers: ``<notebook>.done`` says that a step of the sweep finished, keyed by content.
+
+A marker records the step's parameters (without the run root, so a moved or copied run root stays valid), the
+sha256 of every input file it read and of every output file it wrote. A step counts as done only while all three
+still hold: new parameters, a recomputed input (say, one run of the grid redone before the summary) or a damaged or
+missing output make the sweep run it again. Markers are written last and atomically.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from .files import atomic_write_json, file_sha256
+
+UNKEYED = ("run_root",)  # parameters that say where, not what
+
+
+def digests(files: Mapping[str, Path]) -> dict[str, str | None]:
+    """name → sha256 of each file (None where it does not exist)."""
+    return {name: file_sha256(path) if path.is_file() else None for name, path in files.items()}
+
+
+def step_key(parameters: Mapping[str, Any], inputs: Mapping[str, Path]) -> dict[str, Any]:
+    """What a finished step must agree on: its parameters (less ``UNKEYED``) and its inputs' content."""
+    return {"parameters": {k: v for k, v in parameters.items() if k not in UNKEYED}, "inputs": digests(inputs)}
+
+
+def read_marker(marker: Path) -> dict[str, Any] | None:
+    """The marker's content, or None when it is missing or unreadable (a damaged marker means: redo)."""
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_done(marker: Path, key: Mapping[str, Any], outputs: Mapping[str, Path]) -> dict[str, Any] | None:
+    """The marker if the step finished with this ``key`` and its outputs are still the files it wrote, else None."""
+    done = read_marker(marker)
+    if done is None or done.get("key") != json.loads(json.dumps(key)):
+        return None
+    if done.get("outputs") != digests(outputs):
+        return None
+    return done
+
+
+def mark_done(marker: Path, key: Mapping[str, Any], outputs: Mapping[str, Path], **info: Any) -> dict[str, Any]:
+    """Write the marker of a finished step (after its outputs) and return it."""
+    missing = [str(path) for path in outputs.values() if not path.is_file()]
+    if missing:
+        raise RuntimeError(f"step finished without writing {', '.join(missing)}")
+    done = {"key": dict(key), "outputs": digests(outputs), **info}
+    atomic_write_json(marker, done)
+    return done

@@ -1,0 +1,34 @@
+"""The reference protocol's values: the one home of every default the paper or its reference code fixes.
+
+``StudyConfig``'s fields, the keyword defaults of ``fit_head``/``NMTuneClassifier``, ``nmtune_loss`` and the view
+augmentation all read them from here (sources and deviations: docs/paper.md §6, §6a and "Deviations"). Importing this
+module costs nothing (no torch).
+"""
+from __future__ import annotations
+
+METHODS = ("lp", "mlp", "nmtune")  # linear probe, MLP tuning (NMTune's head without regularisers), NMTune
+
+# Head tuning (docs/paper.md §6a "reference" protocol): AdamW, per-step cosine to 0, last epoch reported.
+EPOCHS = 30
+BATCH_SIZE = 64
+LP_LR = 1e-2  # linear probe
+MLP_LR = 1e-3  # MLP and NMTune heads
+WEIGHT_DECAY = 1e-4
+
+# NMTune's loss (docs/paper.md §6): L = ce + w_mse·consistency + w_cov·covariance + w_svd·dominant_sv.
+W_MSE = 1.0
+W_COV = 0.04
+W_SVD = 0.001
+SVD_TOP_K = 5
+
+# NMTune's residual MLP: Linear(D, e·D) → BN → ReLU → Linear(e·D, D), scaled by s (init 1) and added to f.
+EXPANSION = 4
+SCALE_INIT = 1.0
+
+# Views (docs/paper.md "Views"): RandomResizedCrop(scale=(0.8, 1.0)) + horizontal flip, torchvision's ratio range.
+VIEW_CROP_SCALE = (0.8, 1.0)
+VIEW_CROP_RATIO = (3 / 4, 4 / 3)
+
+def default_lr(method: str) -> float:
+    """The reference learning rate of a head: ``LP_LR`` for ``lp``, ``MLP_LR`` for the MLP heads."""
+    return LP_LR if method == "lp" else MLP_LR
