@@ -35,15 +35,16 @@ TRANSFORMS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | 
     "crop_flip": random_crop_flip,  # the pre-training augmentation: padded random crop + horizontal flip
 }
 AUG_BLOCK = 256  # images per augmentation draw; part of the cache key because it fixes which crop each image gets
-CACHE_VERSION = 2  # bump when the cached content changes meaning (2: files carry a content sha256)
+CACHE_VERSION = 3  # bump when the cached content changes meaning (3: files carry tensor_sha256 of the features)
 
 
 # --- hashes and cache keys -------------------------------------------------------------------------------------
 
-def images_sha256(images: torch.Tensor) -> str:
-    """sha256 over the shape, dtype and raw bytes of an image tensor (a subset under the same name differs)."""
-    digest = hashlib.sha256(f"{tuple(images.shape)}|{images.dtype}|".encode())
-    digest.update(images.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 over the shape, dtype and raw bytes of a tensor: the identity of an image set in cache keys (a subset
+    under the same name differs) and the content hash of a cached feature file."""
+    digest = hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}|".encode())
+    digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 
@@ -72,7 +73,7 @@ def feature_cache_key(image_set, *, checkpoint_hash: str, transform: str | ViewA
     """What a cached feature file depends on; its sha256 names the file and it is checked again on reading."""
     name, augment = resolve_transform(transform)
     key = {"version": CACHE_VERSION, "checkpoint": checkpoint_hash, "dataset": image_set.name,
-           "num_images": len(image_set), "images_sha256": images_sha256(image_set.images), "transform": name,
+           "num_images": len(image_set), "images_sha256": tensor_sha256(image_set.images), "transform": name,
            "views": views}
     if augment is not None:  # eval features do not depend on the seed: share one file
         key.update(seed=seed, aug_block=AUG_BLOCK)
@@ -85,11 +86,6 @@ def feature_cache_file(cache_dir: str | os.PathLike, key: dict[str, Any]) -> Pat
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", key["dataset"])
     seed = f"-s{key['seed']}" if "seed" in key else ""
     return Path(cache_dir) / f"{slug}-{key['transform']}-k{key['views']}{seed}-{digest}.pt"
-
-
-def tensor_sha256(t: torch.Tensor) -> str:
-    """sha256 of a tensor's bytes (dtype and shape are part of the cache key)."""
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def _read_cache(path: Path, key: dict[str, Any]) -> torch.Tensor | None:

@@ -79,11 +79,9 @@ def _verify_against_marker(path: Path, marker: Path) -> None:
     """Raise if the completion marker of the notebook that wrote ``path`` records another sha256 for it (files of
     notebooks run by hand, without a marker, are not checked)."""
     from .files import file_sha256
+    from .markers import read_marker
 
-    try:
-        recorded = json.loads(marker.read_text()).get("outputs", {}).get(path.name)
-    except (OSError, json.JSONDecodeError):
-        return
+    recorded = (read_marker(marker) or {}).get("outputs", {}).get(path.name)
     if recorded and file_sha256(path) != recorded:
         raise ValueError(f"{path} is not the file {marker.stem} wrote (its sha256 differs from {marker.name}): it was "
                          "changed or damaged since; rerun the sweep, which recomputes it")

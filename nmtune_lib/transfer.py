@@ -184,10 +184,10 @@ def _tuned_spectrum(fit, f: torch.Tensor, method: str, config) -> dict[str, floa
 
 def _content_key(image_set) -> str:
     """Identity of a training set by content (the ``real`` rendering equals the original images)."""
-    from .features import images_sha256
+    from .features import tensor_sha256
     from .noise import labels_sha256
 
-    return images_sha256(image_set.images) + labels_sha256(image_set.labels)
+    return tensor_sha256(image_set.images) + labels_sha256(image_set.labels)
 
 
 def transfer_dataset(scores: Sequence[Score], tasks: Sequence[Any], *, noise_ratio: float, seed: int,
