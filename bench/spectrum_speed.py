@@ -6,6 +6,7 @@ them to ``bench/results/spectrum_speed.json``. A benchmark, not a test: it passe
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -41,7 +42,11 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "spectrum_speed.json"),
+                        help="where to write the result JSON")
+    args = parser.parse_args(argv)
     features = synthetic_features(N, D)
     seconds = {c: best_time(lambda c=c: spectrum_metrics(singular_values(features, centering=c)), REPEATS)
                for c in CENTERINGS}
@@ -68,7 +73,7 @@ def main() -> None:
               f"{seconds_1[c]:.3f} s with 1 BLAS thread)")
     print(f"numpy.linalg.svd of the same matrix: {svd_s:.3f} s ({result['speedup_vs_numpy_svd']:.1f}× slower); "
           f"max |Δσ| = {max_err:.2e}")
-    out = Path(__file__).resolve().parent / "results" / "spectrum_speed.json"
+    out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"load average {result['load_average_1min']:.2f} on {os.cpu_count()} cores; wrote {out}")

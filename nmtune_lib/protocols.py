@@ -103,6 +103,11 @@ def holdout_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[tor
     return torch.nonzero(keep).squeeze(1), held
 
 
+def candidate_specs(config, method: str) -> list[HeadSpec]:
+    """The matched protocol's candidates for ``method``: two-view inputs, one spec per ``config.lr_grid`` entry."""
+    return [head_spec(config, method, inputs="views", lr=float(lr)) for lr in config.lr_grid]
+
+
 def select_lr(config, method: str, fit: Callable[[HeadSpec, torch.Tensor], Any],
               score: Callable[[Any, torch.Tensor], float], labels: torch.Tensor, seed: int
               ) -> tuple[float, dict[float, float]]:
@@ -114,8 +119,8 @@ def select_lr(config, method: str, fit: Callable[[HeadSpec, torch.Tensor], Any],
     """
     fit_index, held = holdout_split(labels, config.holdout_fraction, seed)
     accuracy = {}
-    for lr in config.lr_grid:
-        accuracy[float(lr)] = score(fit(head_spec(config, method, inputs="views", lr=lr), fit_index), held)
+    for spec in candidate_specs(config, method):
+        accuracy[spec.lr] = score(fit(spec, fit_index), held)
     best = max(accuracy, key=lambda lr: (accuracy[lr], -list(accuracy).index(lr)))
     return best, accuracy
 

@@ -29,7 +29,8 @@ import xarray as xr
 from .augment import ViewAugment
 from .config import parse_assignments
 from .reference import METHODS
-from .protocols import ABLATIONS, HeadSpec, head_spec, reference_specs, select_lr, sensitivity_specs
+from .protocols import (ABLATIONS, HeadSpec, candidate_specs, head_spec, holdout_split, reference_specs, select_lr,
+                        sensitivity_specs)
 
 BASE = "base"
 
@@ -55,11 +56,14 @@ def settings(config) -> dict[str, Any]:
 
 
 class _TaskHeads:
-    """Fits and scores the heads of one task; identical (inputs, spec, sample subset) fits are made once."""
+    """Fits and scores the heads of one task. Identical (inputs, spec, sample subset) fits are made once, and the
+    heads of one ``fit_many`` call that share their inputs, samples and schedule are trained together
+    (``batched_tuning.fit_heads``: the same heads as one by one, in one pass)."""
 
-    def __init__(self, backbone, task, config, features, *, seed: int, device, progress: bool, log):
+    def __init__(self, backbone, task, config, features, *, seed: int, device, progress: bool, log,
+                 batched: bool = True):
         self.backbone, self.task, self.features, self.seed = backbone, task, features, seed
-        self.device, self.progress, self.log = device, progress, log
+        self.device, self.progress, self.log, self.batched = device, progress, log, batched
         self.augment = ViewAugment(tuple(config.view_crop_scale), tuple(config.view_crop_ratio), task.flip)
         self.eval_train = features(task.train)
         self.fitted: dict[tuple, Any] = {}
@@ -72,26 +76,48 @@ class _TaskHeads:
             return OnlineViews(self.backbone, self.task.train.images, device=self.device, augment=self.augment)
         return CachedViews(self.features(self.task.train, self.augment, config.views), device=self.device)
 
-    def fit(self, config, spec: HeadSpec, index: torch.Tensor | None = None, *, name: str = ""):
-        """The head ``spec`` trained on this task's samples ``index`` (all by default); ``name`` labels the log."""
+    def _key(self, config, spec: HeadSpec, index: torch.Tensor | None) -> tuple:
+        source_key = ("eval",) if spec.inputs == "eval" else (config.head_mode, config.views)
+        return source_key, spec, None if index is None else tuple(index.tolist())
+
+    def fit_many(self, requests: Sequence[tuple[Any, HeadSpec, torch.Tensor | None, str]]) -> None:
+        """Fit every ``(config, spec, sample index or None, name)`` not fitted yet; the heads that share their
+        inputs, samples and schedule (epochs, batch size, weight decay) are trained as one batch (one by one with
+        ``fit_head`` if not ``batched``: the same numbers, slower)."""
+        from .batched_tuning import HEAD_KEYS, fit_heads
         from .tuning import fit_head
 
-        source_key = ("eval",) if spec.inputs == "eval" else (config.head_mode, config.views)
-        subset_key = None if index is None else tuple(index.tolist())
-        key = (source_key, spec, subset_key)
-        if key not in self.fitted:
+        batches: dict[tuple, dict[tuple, tuple]] = {}
+        for config, spec, index, name in requests:
+            key = self._key(config, spec, index)
+            if key not in self.fitted:
+                batch = (key[0], key[2], spec.epochs, spec.batch_size, spec.weight_decay)
+                batches.setdefault(batch, {}).setdefault(key, (config, spec, index, name))
+        for members in batches.values():
+            config, spec, index, _ = next(iter(members.values()))
             source = self.eval_train if spec.inputs == "eval" else self.views(config)
             labels = self.task.train.labels
             if index is not None:
                 source = source[index] if spec.inputs == "eval" else source.subset(index)
                 labels = labels[index]
-            fit = fit_head(source, labels, num_classes=self.task.num_classes, seed=self.seed, device=self.device,
-                           progress=self.progress, **spec.fit_kwargs())
-            self.fitted[key] = fit
+            common = dict(num_classes=self.task.num_classes, seed=self.seed, device=self.device,
+                          progress=self.progress)
+            if self.batched:
+                fits = fit_heads(source, labels, [{k: v for k, v in s.fit_kwargs().items() if k in HEAD_KEYS}
+                                                  for _, s, _, _ in members.values()], epochs=spec.epochs,
+                                 batch_size=spec.batch_size, weight_decay=spec.weight_decay, **common)
+            else:
+                fits = [fit_head(source, labels, **s.fit_kwargs(), **common) for _, s, _, _ in members.values()]
+            self.fitted.update(zip(members, fits))
             where = "all" if index is None else f"{len(index)} of {len(self.task.train)}"
-            self.log(f"{self.task.name:>22} {name or spec.method:>17} lr {spec.lr:g} × {spec.epochs} epochs "
-                     f"({fit.mode}, {where}): {fit.seconds:.1f} s")
-        return self.fitted[key]
+            names = ", ".join(f"{name or s.method} {s.lr:g}" for _, s, _, name in members.values())
+            self.log(f"{self.task.name:>22} {len(fits):>2} heads × {spec.epochs} epochs ({fits[0].mode}, {where}): "
+                     f"{sum(f.seconds for f in fits):.1f} s  [{names}]")
+
+    def fit(self, config, spec: HeadSpec, index: torch.Tensor | None = None, *, name: str = ""):
+        """The head ``spec`` trained on this task's samples ``index`` (all by default); ``name`` labels the log."""
+        self.fit_many([(config, spec, index, name)])
+        return self.fitted[self._key(config, spec, index)]
 
     def held_out_accuracy(self, fit, index: torch.Tensor) -> float:
         return fit.accuracy(self.eval_train[index], self.task.train.labels[index])
@@ -99,11 +125,12 @@ class _TaskHeads:
 
 def run_transfer(run, backbone, tasks: Sequence[Any], *, checkpoint_hash: str, device: str = "cpu",
                  progress: bool = False, log=print, cache: bool = True, spectrum_task: str | None = None,
-                 attrs: dict[str, Any] | None = None) -> xr.Dataset:
+                 attrs: dict[str, Any] | None = None, batched: bool = True) -> xr.Dataset:
     """Fit every head of every protocol and setting on every task of ``run`` (a ``Run``: its config, noise ratio and
     seed) and score every test domain (see the module docstring). Features are cached in ``run.features`` unless
     ``cache`` is False. ``spectrum_task`` names the task whose in-training-domain test set gives the spectrum of the
-    tuned features z (default: the first task)."""
+    tuned features z (default: the first task). ``batched`` trains the heads that share their inputs, samples and
+    schedule together (``batched_tuning``); False trains them one by one: the same numbers, bit for bit, slower."""
     from .features import extract_features
     from .models import resolve_device
 
@@ -127,24 +154,30 @@ def run_transfer(run, backbone, tasks: Sequence[Any], *, checkpoint_hash: str, d
     tuned: dict[str, dict[str, float]] = {}
     spectrum_task = spectrum_task or tasks[0].name
     by_train: dict[str, _TaskHeads] = {}  # tasks sharing a training set and flips share their heads
+    plans = []  # every head of every task is known first (the matched protocol's after its selection)
     for task in tasks:
         key = _content_key(task.train) + str(task.flip)
         if key not in by_train:
             by_train[key] = _TaskHeads(backbone, task, config, features, seed=seed, device=device, progress=progress,
-                                       log=log)
+                                       log=log, batched=batched)
         heads = by_train[key]
         for setting, cfg, protocol in _setting_protocols(config):
             specs = _protocol_specs(heads, cfg, protocol, methods, setting, selection, task.name, seed)
             if (setting, protocol) == (BASE, "reference") and config.ablation and task.name == config.ablation_task:
                 specs.update({name: head_spec(cfg, name) for name in ABLATIONS})
                 specs.update(sensitivity_specs(cfg))
-            for method, spec in specs.items():
-                fit = heads.fit(cfg, spec, name=method)
-                for domain, test in task.tests.items():
-                    scores.append(Score(setting, protocol, task.name, method, domain,
-                                        fit.accuracy(features(test), test.labels), fit.seconds, fit.mode, spec.lr))
-                if (setting, protocol, task.name) == (BASE, config.protocols[0], spectrum_task) and method in METHODS:
-                    tuned[method] = _tuned_spectrum(fit, features(task.tests[task.train_domain]), method, config)
+            plans.append((task, heads, setting, cfg, protocol, specs))
+    for heads in by_train.values():  # then fitted, the heads sharing inputs and schedule as one batch
+        heads.fit_many([(cfg, spec, None, name) for _, h, _, cfg, _, specs in plans if h is heads
+                        for name, spec in specs.items()])
+    for task, heads, setting, cfg, protocol, specs in plans:
+        for method, spec in specs.items():
+            fit = heads.fit(cfg, spec, name=method)
+            for domain, test in task.tests.items():
+                scores.append(Score(setting, protocol, task.name, method, domain,
+                                    fit.accuracy(features(test), test.labels), fit.seconds, fit.mode, spec.lr))
+            if (setting, protocol, task.name) == (BASE, config.protocols[0], spectrum_task) and method in METHODS:
+                tuned[method] = _tuned_spectrum(fit, features(task.tests[task.train_domain]), method, config)
     return transfer_dataset(scores, tasks, noise_ratio=noise_ratio, seed=seed, selection=selection,
                             tuned_spectrum=tuned, attrs=attrs)
 
@@ -162,6 +195,8 @@ def _protocol_specs(heads: _TaskHeads, cfg, protocol: str, methods, setting: str
     """The specs of one protocol; in ``matched`` each method's lr is chosen on held-out data first."""
     if protocol == "reference":
         return reference_specs(cfg, methods)
+    fit_index, _ = holdout_split(heads.task.train.labels, cfg.holdout_fraction, seed)
+    heads.fit_many([(cfg, spec, fit_index, method) for method in methods for spec in candidate_specs(cfg, method)])
     out = {}
     for method in methods:
         best, accuracy = select_lr(cfg, method, lambda spec, index: heads.fit(cfg, spec, index),

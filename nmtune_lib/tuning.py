@@ -113,80 +113,95 @@ def fit_head(views: torch.Tensor | np.ndarray | ViewSource, labels: torch.Tensor
                   svd_top_k=svd_top_k, feature_noise=feature_noise, seed=seed, device=str(device),
                   views=int(source.features.shape[1]) if mode == "cached" else None)
 
-    init_gen, order_gen, view_gen = (torch.Generator().manual_seed(int(s))
-                                     for s in np.random.SeedSequence(seed).generate_state(3))
-    head, optimizer = _head_and_optimizer(method, num_features, num_classes, lr=lr, weight_decay=weight_decay,
-                                          generator=init_gen, device=device)
+    init_gen, order_gen, view_gen = head_generators(seed)
+    head = new_head(method, num_features, num_classes, generator=init_gen, device=device)
+    # fused AdamW: one kernel per step instead of ~10 elementwise passes (the same update; ~0.5 ms a step on a CPU)
+    optimizer = adamw([{"params": list(head.parameters()), "lr": lr}], weight_decay=weight_decay, device=device)
     step_loss = (partial(_eval_step_loss, head, source) if mode == "eval" else
                  partial(_two_view_step_loss, head, source, view_gen, w_mse=w_mse, w_cov=w_cov, w_svd=w_svd,
                          svd_top_k=svd_top_k))
-    train = partial(_epoch, head, optimizer, step_loss, labels.to(device), order_gen, batch_size=batch_size, lr=lr,
+    train = partial(_epoch, head, optimizer, step_loss, labels.to(device), order_gen, batch_size=batch_size,
                     total_steps=epochs * math.ceil(n / batch_size))
-    return _fit(head, train, method=method, mode=mode, params=params, epochs=epochs, device=device,
-                progress=progress, log=log, eval_features=eval_features, eval_labels=eval_labels)
+    history, seconds = train_epochs(head, train, desc=f"{method} head ({mode})", epochs=epochs, device=device,
+                                    progress=progress, log=log, eval_features=eval_features, eval_labels=eval_labels)
+    return HeadFit(head, method, mode, history, params, seconds, device)
 
 
-def _head_and_optimizer(method: str, num_features: int, num_classes: int, *, lr: float, weight_decay: float,
-                        generator: torch.Generator, device: torch.device) -> tuple[nn.Module, torch.optim.AdamW]:
+def adamw(groups: list[dict[str, Any]], *, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over parameter groups (each with its own ``lr``, the schedule's base: ``initial_lr``). Fused: one
+    kernel per step for all parameters instead of ~10 elementwise passes (the same update; ~0.5 ms a step on a
+    CPU)."""
+    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda") or None)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return optimizer
+
+
+def new_head(method: str, num_features: int, num_classes: int, *, generator: torch.Generator,
+             device: torch.device) -> nn.Module:
     """The head of ``method`` (``LinearProbe`` for lp, else ``MLPHead``) initialised from ``generator``, on
-    ``device``, and its AdamW."""
+    ``device``."""
     head_cls = LinearProbe if method == "lp" else MLPHead
-    head = head_cls(num_features, num_classes, generator=generator).to(device)
-    # fused AdamW: one kernel per step instead of ~10 elementwise passes (the same update; ~0.5 ms a step on a CPU)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay,
-                                  fused=device.type in ("cpu", "cuda") or None)
-    return head, optimizer
+    return head_cls(num_features, num_classes, generator=generator).to(device)
 
 
-def _fit(head: nn.Module, train: Callable[[int], dict[str, float]], *, method: str, mode: str,
-         params: dict[str, Any], epochs: int, device: torch.device, progress: bool,
-         log: Callable[[dict[str, float]], Any] | None, eval_features: torch.Tensor | None,
-         eval_labels: torch.Tensor | None) -> HeadFit:
-    """Run ``train(epoch)`` for every epoch, score the eval set after each, and return the head in eval mode."""
-    history: list[dict[str, float]] = []
+def head_generators(seed: int) -> tuple[torch.Generator, torch.Generator, torch.Generator]:
+    """(init, order, view) generators of a head seed: three independent streams, so the batch order and the view
+    draws are the same whatever the head (every head of one seed sees the same minibatches and views)."""
+    return tuple(torch.Generator().manual_seed(int(s)) for s in np.random.SeedSequence(seed).generate_state(3))
+
+
+def train_epochs(head: nn.Module, train: Callable[[int], dict[str, Any]], *, desc: str, epochs: int,
+                 device: torch.device, progress: bool, log: Callable[[dict[str, Any]], Any] | None = None,
+                 eval_features: torch.Tensor | None = None, eval_labels: torch.Tensor | None = None
+                 ) -> tuple[list[dict[str, Any]], float]:
+    """Run ``train(epoch)`` for every epoch (scoring the eval set after each, if given), leave ``head`` in eval
+    mode and return (history, seconds). ``head`` may be one head or a ``StackedHeads`` (rows then hold H values)."""
+    history: list[dict[str, Any]] = []
     start = time.perf_counter()
-    bar = tqdm(range(epochs), desc=f"{method} head ({mode})", disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         row = train(epoch)
         if eval_features is not None and eval_labels is not None:
             row["eval_acc"] = float((predict_logits(head, eval_features, device=device).argmax(1)
                                      == torch.as_tensor(eval_labels)).float().mean())
         history.append(row)
-        bar.set_postfix(loss=f"{row['total']:.3f}", acc=f"{row['train_acc']:.3f}")
+        bar.set_postfix(loss=f"{np.mean(row['total']):.3f}", acc=f"{np.mean(row['train_acc']):.3f}")
         if log is not None:
             log(row)
     bar.close()
     head.eval()  # running statistics at test
-    return HeadFit(head, method, mode, history, params, time.perf_counter() - start, device)
+    return history, time.perf_counter() - start
 
 
 def _epoch(head: nn.Module, optimizer: torch.optim.Optimizer, step_loss: StepLoss, labels: torch.Tensor,
-           order_gen: torch.Generator, epoch: int, *, batch_size: int, lr: float, total_steps: int) -> dict[str, float]:
+           order_gen: torch.Generator, epoch: int, *, batch_size: int, total_steps: int) -> dict[str, Any]:
     """One pass over the N samples in an order drawn from ``order_gen``; returns the epoch's history row.
 
-    ``labels``: int64 N on the training device. Every step sets the per-step cosine lr, then takes one AdamW step.
+    ``labels``: int64 N on the training device. Every step sets the per-step cosine lr of every parameter group
+    (from its ``initial_lr``), then takes one AdamW step. For H grouped heads the step loss returns H losses and
+    parts, and the row holds H values per part and one ``lr`` per parameter group.
     """
     device, n = labels.device, len(labels)
     steps_per_epoch = math.ceil(n / batch_size)
     head.train()  # BatchNorm on batch statistics while tuning
     epoch_start = time.perf_counter()
-    sums = torch.zeros(len(PARTS), device=device)
-    correct = torch.zeros((), device=device)
+    sums = correct = 0.0
     seen = 0
     order = torch.randperm(n, generator=order_gen)
     for step_in_epoch, index in enumerate(order.split(batch_size)):
-        step_lr = _cosine_lr(lr, epoch * steps_per_epoch + step_in_epoch, total_steps)
         for group in optimizer.param_groups:
-            group["lr"] = step_lr
+            group["lr"] = _cosine_lr(group["initial_lr"], epoch * steps_per_epoch + step_in_epoch, total_steps)
         loss, parts, logits, y_all = step_loss(index, labels[index.to(device)])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()  # H heads: their parameters are disjoint, so each gets its own loss's gradient
         optimizer.step()
-        sums += parts * len(index)
-        correct += (logits.detach().argmax(dim=1) == y_all).float().mean() * len(index)
+        sums = sums + parts * len(index)
+        correct = correct + (logits.detach().argmax(dim=-1) == y_all).float().mean(dim=-1) * len(index)
         seen += len(index)
-    return {"epoch": epoch + 1, "lr": step_lr, **dict(zip(PARTS, (sums / seen).tolist())),
-            "train_acc": float(correct) / seen, "seconds": time.perf_counter() - epoch_start}
+    rates = [group["lr"] for group in optimizer.param_groups]
+    return {"epoch": epoch + 1, "lr": rates[0] if len(rates) == 1 else rates, **dict(zip(PARTS, (sums / seen).tolist())),
+            "train_acc": (correct / seen).tolist(), "seconds": time.perf_counter() - epoch_start}
 
 
 def _cosine_lr(lr: float, step: int, total_steps: int) -> float:
@@ -197,8 +212,9 @@ def _cosine_lr(lr: float, step: int, total_steps: int) -> float:
 def _eval_step_loss(head: nn.Module, features: torch.Tensor, index: torch.Tensor,
                     y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """LP on eval features (N×D on the device): plain cross-entropy over the B rows of ``index``."""
-    logits = head(features[index.to(features.device)])
-    loss = F.cross_entropy(logits, y)
+    logits = head(features[index.to(features.device)])  # B×C, or H×B×C for stacked heads
+    loss = F.cross_entropy(logits.flatten(0, -2), y.repeat(logits[..., 0].numel() // len(y)),
+                           reduction="none").view(logits.shape[:-1]).mean(dim=-1)
     nan = torch.full_like(loss, math.nan).detach()  # LP has no regulariser terms: "not computed"
     parts = torch.stack([loss.detach(), nan, nan, nan, loss.detach()])
     return loss, parts, logits, y
@@ -213,7 +229,7 @@ def _two_view_step_loss(head: nn.Module, source: ViewSource, generator: torch.Ge
     f = torch.cat([f_w, f_s])
     z = head.features(f)
     logits = head.classifier(z)
-    k = min(svd_top_k, len(z), z.shape[1])  # a short last batch has fewer singular values
+    k = min(svd_top_k, *z.shape[-2:])  # a short last batch has fewer singular values
     loss, part_dict = nmtune_loss(logits, y, z, f, w_mse=w_mse, w_cov=w_cov, w_svd=w_svd, k=k)
     return loss, torch.stack([part_dict[name] for name in PARTS]), logits, y.repeat(2)
 

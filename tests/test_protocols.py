@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import xarray as xr
 
 from nmtune_lib.config import StudyConfig
 from nmtune_lib.data import load_dataset
@@ -79,7 +80,8 @@ class PixelBackbone(nn.Module):
         return F.avg_pool2d(x, 4).flatten(1)
 
 
-def test_run_transfer_fits_every_protocol_setting_and_variant(tmp_path):
+def _digit_tasks_and_config(tmp_path):
+    """Two tasks sharing 400 uci_digits training images, and a smoke config with every kind of head switched on."""
     train, test = load_dataset("uci_digits", "train"), load_dataset("uci_digits", "test")
     gen = torch.Generator().manual_seed(0)
     train, test = (s.subset(torch.randperm(len(s), generator=gen)[:n]) for s, n in ((train, 400), (test, 200)))
@@ -87,6 +89,11 @@ def test_run_transfer_fits_every_protocol_setting_and_variant(tmp_path):
              Task("digits_ood", "ood", train, {"a": test, "b": test}, train_domain="a", flip=False)]
     cfg = StudyConfig.from_preset("smoke", ablation=True, ablation_task="digits_ood", robustness=["head_epochs=1"],
                                   reg_scales=[1.0, 10.0], lr_grid=[1e-3, 1e-2], head_epochs=5, run_root=str(tmp_path))
+    return tasks, cfg
+
+
+def test_run_transfer_fits_every_protocol_setting_and_variant(tmp_path):
+    tasks, cfg = _digit_tasks_and_config(tmp_path)
     lines = []
     ds = run_transfer(Run.of(cfg, 0.1, 0), PixelBackbone(), tasks, checkpoint_hash="x", log=lines.append, cache=False)
     assert list(ds["setting"].values) == ["base", "head_epochs=1"]
@@ -110,8 +117,23 @@ def test_run_transfer_fits_every_protocol_setting_and_variant(tmp_path):
     assert modes.sel({"protocol": "matched", "method": "lp"}) == "cached"
     assert ds["selection_accuracy"].sizes["candidate_lr"] == 2
     # tasks sharing a training set share their heads: nothing is fitted twice
-    fits = [line.rsplit(":", 1)[0] for line in lines]  # "<task> <method> lr … × … epochs (<mode>, <samples>)"
-    assert len(fits) == len(set(fits)) and all(f.split()[0] == "digits" for f in fits)
+    # one line per batch: "<task> <H> heads × <epochs> epochs (<mode>, <samples>): <s> s  [<name> <lr>, …]"
+    fits = [(line.split(":")[0].split("heads", 1)[1], head) for line in lines
+            for head in line.rsplit("[", 1)[1].rstrip("]").split(", ")]
+    assert len(fits) == len(set(fits)) and all(line.split()[0] == "digits" for line in lines)
+    assert sum(int(line.split()[1]) for line in lines) == len(fits)
     # 3 reference + 2×3 selection + ≤3 matched refits + 6 ablation + 2 sensitivity + 3 for head_epochs=1
     assert 20 <= len(fits) <= 23
+    # batches: eval LP (×2 settings), the 2×3 candidates, the views of base (reference + refits + variants),
+    # and head_epochs=1's views
+    assert len(lines) == 5
     assert list(ds["view_flip"].values) == [0, 0]
+
+
+def test_batched_transfer_equals_one_by_one_bit_for_bit(tmp_path):
+    tasks, cfg = _digit_tasks_and_config(tmp_path)
+    run = Run.of(cfg, 0.1, 0)
+    ds = {batched: run_transfer(run, PixelBackbone(), tasks, checkpoint_hash="x", log=lambda line: None,
+                                cache=False, batched=batched) for batched in (True, False)}
+    for name in ("accuracy", "lr", "selection_accuracy", "tuned_sve", "tuned_p1", "tuned_sigma1", "head_mode"):
+        xr.testing.assert_equal(ds[True][name], ds[False][name])  # NaN where NaN, every value bit for bit
