@@ -15,9 +15,28 @@ from .sweep import RUN_NOTEBOOKS, SUMMARY_NOTEBOOK
 PAGE_STYLE = "<style>.jp-RenderedHTMLCommon table{display:block;max-width:100%;overflow-x:auto}</style>"
 
 
+STYLESHEET = re.compile(r"<style[^>]*>(.*?)</style>\s*", re.S)
+
+
+def share_stylesheet(page: str, folder: Path) -> tuple[str, str]:
+    """Move the ``<style>`` blocks of a page's ``<head>`` (nbconvert's lab theme, ≈ 260 kB, the same in every page)
+    into ``folder/nbconvert-<sha256[:12]>.css`` and link it instead; styles inside the body (a pandas table's) stay.
+    Returns (page, the stylesheet's file name)."""
+    import hashlib
+
+    head, sep, rest = page.partition("</head>")
+    css = "\n".join(STYLESHEET.findall(head))
+    name = f"nbconvert-{hashlib.sha256(css.encode()).hexdigest()[:12]}.css"
+    if not (folder / name).exists():
+        atomic_write_text(folder / name, css)
+    link = f'<link rel="stylesheet" href="{name}">\n'
+    return STYLESHEET.sub("", head) + link + sep + rest, name
+
+
 def render_html(notebook: Path, out: Path, *, title: str = "") -> Path:
-    """One executed notebook → one self-contained HTML file (lab template, no input cells, figures embedded), with
-    ``title`` as its title, a link back to the report's ``index.html`` and wide tables scrolling inside the page."""
+    """One executed notebook → one HTML file (lab template, no input cells, figures embedded) whose stylesheet is
+    shared with the other pages of its folder (``share_stylesheet``), with ``title`` as its title, a link back to
+    the report's ``index.html`` and wide tables scrolling inside the page."""
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -28,6 +47,7 @@ def render_html(notebook: Path, out: Path, *, title: str = "") -> Path:
                                           resources={"metadata": {"name": title}})
     back = (f'<p style="margin:1em 2em"><a href="index.html">← nmtune-study report index</a> · '
             f'{html.escape(title)}</p>')
+    body, _ = share_stylesheet(body, out.parent)
     body = body.replace("</head>", PAGE_STYLE + "</head>", 1)
     body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + back, body, count=1)
     return atomic_write_text(out, body)
@@ -85,6 +105,10 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;
 </ul>
 </body></html>
 """)
+    used = {m for page in out.glob("*.html") for m in re.findall(r'href="(nbconvert-[0-9a-f]{12}\.css)"',
+                                                                   page.read_text())}
+    for stale in set(p.name for p in out.glob("nbconvert-*.css")) - used:
+        (out / stale).unlink()
     return out / "index.html"
 
 

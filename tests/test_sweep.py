@@ -156,6 +156,17 @@ def test_report_index_links_every_rendered_notebook(smoke_sweep, tmp_path):
             assert "data:image/png;base64" in (tmp_path / "smoke" / page).read_text()  # figures embedded
     assert "<table>" in index and any(v in index for v in ("supported", "inconclusive", "contradicted"))
     assert (tmp_path / "smoke" / "timing.csv").exists() and 'href="config.yaml"' in index
+    # nbconvert's theme is written once and linked from every page, not inlined in each
+    sheets = list((tmp_path / "smoke").glob("nbconvert-*.css"))
+    assert len(sheets) == 1 and sheets[0].stat().st_size > 100_000
+    for page in pages:
+        head = (tmp_path / "smoke" / page).read_text().partition("</head>")[0]
+        assert f'<link rel="stylesheet" href="{sheets[0].name}">' in head and len(head) < 20_000
+    stale = tmp_path / "smoke" / "nbconvert-000000000000.css"
+    stale.write_text("old")
+    again = subprocess.run([*NMTUNE, "report", "--preset", "smoke", "--run-root", str(smoke_sweep), "--out",
+                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and not stale.exists()  # a stylesheet no page links is removed
 
 
 def test_report_on_a_missing_run_root_fails_naming_it(tmp_path):
