@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import PROJECT_ROOT as ROOT
-from .config import StudyConfig, parse_assignments
+from .config import StudyConfig, parse_assignments, resolve_run_root
 from .files import atomic_write_json, atomic_write_text
 from .lock import RunRootBusy, run_root_lock
 from .markers import is_done, mark_done, step_key
@@ -319,8 +319,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "root>/runs)")
     rp.add_argument("--out", default=str(ROOT / "reports"), help="report folder (default: %(default)s)")
     rp.add_argument("--all-seeds", action="store_true", help="render every seed, not only seed 0")
+    lc = sub.add_parser("learning-curve", help="pre-train one seed for several schedule lengths at a clean and a "
+                        "noisy ratio; write learning_curve.csv and .png (nmtune_lib.learning_curve)")
+    lc.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
+    lc.add_argument("--epochs", nargs="+", type=int, default=[2, 5, 10, 20, 40],
+                    help="schedule lengths (default: %(default)s)")
+    lc.add_argument("--noise-ratios", nargs="+", type=float, default=[0.0, 0.3], help="(default: %(default)s)")
+    lc.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    lc.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default: %(default)s)")
+    lc.add_argument("--run-root", default="runs/learning_curve", help="(default: %(default)s, below the project "
+                    "root; one folder per schedule length)")
+    lc.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a StudyConfig field, e.g. --set train_subset=2000")
+    lc.add_argument("--out", default=str(ROOT / "reports" / "converged"), help="(default: %(default)s)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "learning-curve":
+            from .learning_curve import learning_curve
+
+            if args.jobs < 1:
+                raise ValueError(f"--jobs {args.jobs}: expected an integer >= 1")
+            config = StudyConfig.from_preset(args.preset, **parse_assignments(args.overrides),
+                                             run_root=str(resolve_run_root(args.run_root)))
+            csv = learning_curve(config, args.epochs, args.noise_ratios, args.seed, Path(args.out), jobs=args.jobs)
+            print(f"learning curve: {csv} and {csv.with_suffix('.png')}")
+            return 0
         study = _study_from_args(args)
         if args.command == "sweep":
             if args.jobs < 1:
