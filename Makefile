@@ -9,7 +9,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 PRESET ?= default
 JOBS   ?= 2
 
-.PHONY: study test setup data sweep report bench clean-runs lock
+.PHONY: study test setup data sweep report bench clean-runs lock slurm slurm-stop
 
 study: setup data
 	$(VENV)/bin/nmtune sweep --preset $(PRESET) --jobs $(JOBS)
@@ -48,6 +48,14 @@ data:
 	fi
 	@$(PY) -c "from nmtune_lib.data import load_dataset; load_dataset('fashion_mnist', 'test')" \
 	  || { echo "data: Fashion-MNIST is not readable where the study looks for it (see the error above)" >&2; exit 1; }
+
+# A real one-node Slurm cluster on this machine (munge, MariaDB + slurmdbd, slurmctld, slurmd; as root), for
+# `nmtune sweep --executor slurm` and its test. Idempotent; slurm-stop ends it.
+slurm:
+	bash slurm/cluster.sh up
+
+slurm-stop:
+	bash slurm/cluster.sh down
 
 sweep: setup data
 	$(VENV)/bin/nmtune sweep --preset $(PRESET) --jobs $(JOBS)

@@ -93,7 +93,7 @@ def execute(name: str, out_dir: Path, parameters: dict[str, Any], files: tuple[d
     inputs, outputs = files
     marker = out_dir / f"{name}.done"
     key = step_key(parameters, inputs)
-    done = is_done(marker, key, outputs)
+    done = step_done(name, out_dir, parameters, files)
     if done is not None:
         return {**done, "skipped": True}
     marker.unlink(missing_ok=True)  # stale: parameters, an input or an output changed; redo
@@ -104,6 +104,20 @@ def execute(name: str, out_dir: Path, parameters: dict[str, Any], files: tuple[d
                         kernel_name="python3", cwd=str(ROOT), progress_bar=False, log_output=False)
     return mark_done(marker, key, outputs, notebook=name, seconds=round(time.perf_counter() - start, 2),
                      finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+def step_done(name: str, out_dir: Path, parameters: dict[str, Any], files: tuple[dict[str, Path], dict[str, Path]]
+              ) -> dict[str, Any] | None:
+    """The marker of notebook ``name`` in ``out_dir`` if it is current (same parameters and inputs, outputs intact),
+    else None."""
+    inputs, outputs = files
+    return is_done(out_dir / f"{name}.done", step_key(parameters, inputs), outputs)
+
+
+def chain_done(spec: RunSpec) -> bool:
+    """Whether every notebook of a run's chain is done and current (a rerun would skip them all)."""
+    return all(step_done(name, spec.run.dir, spec.parameters[name], spec.run.step_files(name)) is not None
+               for name in RUN_NOTEBOOKS)
 
 
 def _run_chain(spec: RunSpec, threads: int) -> dict[str, Any]:
@@ -185,16 +199,24 @@ def preflight(config: StudyConfig, extra: dict[str, Any]) -> None:
 
 
 def sweep(study: Study, overrides: dict[str, Any], *, jobs: int = 1, summary: bool = True,
-          extra: dict[str, Any] | None = None, wait: bool = False) -> int:
-    """Run every chain (``jobs`` worker processes, cores split between them), then the summary; return the number of
-    failed runs. Holds the run root's lock throughout (a second sweep there is refused, or waits with ``wait``)."""
+          extra: dict[str, Any] | None = None, wait: bool = False, slurm=None) -> int:
+    """Run every chain (``jobs`` worker processes, cores split between them; or, given ``slurm`` resources
+    (``slurm.SlurmResources``), one Slurm job array), then the summary; return the number of failed runs. Holds the
+    run root's lock throughout (a second sweep there is refused, or waits with ``wait``)."""
     config = study.config
     resolved = StudyConfig.from_preset(config.preset, **{**_grid_fields(config), **overrides})  # bad overrides raise
     runs = plan(study, overrides, extra)
     preflight(resolved, extra or {})
+    if slurm is not None:
+        from .slurm import check_cluster, run_chains_on_slurm
+
+        check_cluster()
     with run_root_lock(config.run_root, wait=wait):
         start = time.time()
-        timings, skipped, failures = _run_chains(study, runs, jobs)
+        if slurm is None:
+            timings, skipped, failures = _run_chains(study, runs, jobs)
+        else:
+            timings, skipped, failures = run_chains_on_slurm(study, runs, slurm)
         if summary and not failures:
             try:
                 done = execute(SUMMARY_NOTEBOOK, study.dir, summary_parameters(study, overrides), study.summary_files())
@@ -205,7 +227,8 @@ def sweep(study: Study, overrides: dict[str, Any], *, jobs: int = 1, summary: bo
             except Exception as err:
                 failures.append(f"{SUMMARY_NOTEBOOK} failed: {err}; partial notebook: "
                                 f"{study.path(SUMMARY_NOTEBOOK + '.ipynb')}")
-        record_timing(study, resolved, jobs=jobs, started=start, ran=timings)
+        record_timing(study, resolved, jobs=jobs if slurm is None else f"slurm array, {slurm.cpus} CPU(s) per task",
+                      started=start, ran=timings)
     print("seconds per notebook (this invocation, all runs): " +
           (", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())) or "none run"))
     if skipped:
@@ -230,12 +253,7 @@ def _run_chains(study: Study, runs: list[RunSpec], jobs: int) -> tuple[dict[str,
         for future in futures.as_completed([pool.submit(_run_chain, run, threads) for run in runs]):
             result = future.result()
             bar.update(1)
-            for name, seconds in result["seconds"].items():
-                timings[name] = timings.get(name, 0.0) + seconds
-            for name in result["skipped"]:
-                skipped[name] = skipped.get(name, 0) + 1
-            if result["error"]:
-                failures.append(result["error"])
+            if tally(result, timings, skipped, failures):
                 tqdm.write(f"FAILED {result['run_dir']}: {result['error']}", file=sys.stdout)
     except BaseException:  # Ctrl-C or a crash of the sweep itself: its workers and their kernels end with it
         _kill_descendants()
@@ -246,7 +264,21 @@ def _run_chains(study: Study, runs: list[RunSpec], jobs: int) -> tuple[dict[str,
     return timings, skipped, failures
 
 
-def record_timing(study: Study, resolved: StudyConfig, *, jobs: int, started: float, ran: dict[str, float]) -> None:
+def tally(result: dict[str, Any], timings: dict[str, float], skipped: dict[str, int], failures: list[str], *,
+          where: str = "") -> bool:
+    """Add one chain's result (``_run_chain``) to the sweep's seconds and skips per notebook and its failures;
+    True if the chain failed (``where`` prefixes its message)."""
+    for name, seconds in result["seconds"].items():
+        timings[name] = timings.get(name, 0.0) + seconds
+    for name in result["skipped"]:
+        skipped[name] = skipped.get(name, 0) + 1
+    if result["error"]:
+        failures.append(where + result["error"])
+    return bool(result["error"])
+
+
+def record_timing(study: Study, resolved: StudyConfig, *, jobs: int | str, started: float, ran: dict[str, float]
+                  ) -> None:
     """Write the study folder's ``config.yaml`` (the resolved config) and ``timing.csv``: per notebook the seconds
     its executions took, summed over the grid's runs (from their markers, so resumed work counts once), and a
     ``total`` row with the wall-clock seconds of the sweep invocations that ran notebooks (``sweeps.json`` keeps one
@@ -313,6 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--no-summary", action="store_true", help="skip notebook 05")
     sw.add_argument("--wait", action="store_true", help="if another sweep holds the run root, wait for it instead "
                     "of stopping")
+    sw.add_argument("--executor", choices=["local", "slurm"], default="local",
+                    help="local worker processes (default), or one Slurm job array through submitit")
+    sl = sw.add_argument_group("slurm executor (each task of the job array)")
+    sl.add_argument("--partition", default="", help="(default: the cluster's default partition)")
+    sl.add_argument("--cpus-per-job", type=int, default=1, help="CPUs, also the torch threads (default: %(default)s)")
+    sl.add_argument("--gpus-per-job", type=int, default=0, help="(default: %(default)s)")
+    sl.add_argument("--mem-gb", type=float, default=8.0, help="(default: %(default)s)")
+    sl.add_argument("--time-min", type=int, default=240, help="time limit per run, minutes (default: %(default)s)")
     rp = sub.add_parser("report", help="render executed notebooks to HTML with an index")
     rp.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
     rp.add_argument("--run-root", default="", help="the sweep's run root (default: $NMTUNE_RUNS, else <project "
@@ -348,8 +388,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sweep":
             if args.jobs < 1:
                 raise ValueError(f"--jobs {args.jobs}: expected an integer >= 1")
+            slurm = None
+            if args.executor == "slurm":
+                from .slurm import SlurmResources
+
+                slurm = SlurmResources(partition=args.partition, cpus=args.cpus_per_job, gpus=args.gpus_per_job,
+                                       mem_gb=args.mem_gb, time_min=args.time_min)
             return 1 if sweep(study, parse_assignments(args.overrides), jobs=args.jobs, summary=not args.no_summary,
-                              extra=parse_assignments(args.params), wait=args.wait) else 0
+                              extra=parse_assignments(args.params), wait=args.wait, slurm=slurm) else 0
         from .report import report
 
         index = report(study, Path(args.out), all_seeds=args.all_seeds)
