@@ -95,9 +95,13 @@ def plot_learning_curve(frame):
                                               value_vars=["memo_noisy", "memo_clean"], var_name="predicted",
                                               value_name="fraction")
     noisy["predicted"] = noisy["predicted"].map({"memo_noisy": "its flipped label", "memo_clean": "its clean label"})
-    sns.lineplot(noisy, x="schedule_epochs", y="fraction", hue="predicted", style="noise", marker="o", ax=axes[1])
+    sns.lineplot(noisy, x="schedule_epochs", y="fraction", hue="predicted", marker="o", ax=axes[1])
     axes[1].set(title="flipped training samples predicted as …", xlabel="pre-training epochs (schedule)",
                 ylim=(0, 1), xscale="log")
+    schedules = sorted(int(e) for e in ends["schedule_epochs"].unique())
+    for ax in axes[:2]:  # the schedule lengths themselves as ticks, not powers of ten
+        ax.set_xticks(schedules, [str(e) for e in schedules])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
     longest = frame[frame["schedule_epochs"] == frame["schedule_epochs"].max()].copy()
     longest["noise"] = longest["noise_ratio"].map("{:.0%}".format)
     long = longest.melt(id_vars=["epoch", "noise"], value_vars=["test_acc", "memo_noisy"], var_name="curve",
