@@ -41,7 +41,7 @@ def test_head_protocol_fields_are_checked(key, value, accepted):
 
 
 def test_unknown_preset_lists_known_ones():
-    with pytest.raises(ValueError, match="smoke, default, paper"):
+    with pytest.raises(ValueError, match="smoke, default, converged, paper"):
         StudyConfig.from_preset("tiny")
 
 
@@ -78,3 +78,10 @@ def test_config_is_frozen():
     with pytest.raises(Exception):
         cfg.epochs = 5  # type: ignore[misc]
     assert cfg.replace(epochs=5).epochs == 5
+
+
+def test_converged_is_the_default_study_with_a_pre_training_that_memorises():
+    default, converged = StudyConfig.from_preset("default"), StudyConfig.from_preset("converged")
+    changed = {k for k, v in converged.to_dict().items() if default.to_dict()[k] != v} - {"preset"}
+    assert changed == {"train_subset", "epochs"}  # same model, grid, heads and protocols
+    assert converged.epochs > default.epochs and 0 < converged.train_subset < 60_000
