@@ -77,7 +77,7 @@ class StudyConfig:
     head_mode: str = "cached"  # "cached" K-view features or "online" re-encoding through the backbone
     task_subset: int = 0  # 0 = every downstream training sample; >0 = at most this many per task (smoke)
     ablation: bool = True  # notebook 04 also runs each regulariser alone and left out, and the sensitivity
-    ablation_task: str = "fmnist_domains_real"  # the task of the ablation and the regulariser sensitivity
+    ablation_task: str = ""  # the task of the ablation and the sensitivity; "" = the suite's (tasks.ABLATION_TASKS)
     reg_scales: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)  # sensitivity: the three weights scaled together
     single_lambda: float = 0.01  # sensitivity: one weight on all three terms (docs/paper.md); 0 = skip
     robustness: tuple[str, ...] = ("head_epochs=10", "views=8")  # head settings also run, one KEY=VALUE each
@@ -86,12 +86,17 @@ class StudyConfig:
     num_threads: int = 0  # 0 = all cores
     run_root: str = ""  # "" = $NMTUNE_RUNS, else <project root>/runs; a relative path is taken from the project root
     data_root: str = ""  # "" = the search order of nmtune_lib.data
+    task_suite: str = "default"  # downstream tasks (nmtune_lib.tasks.SUITES): default (offline) | domainnet
     progress: bool = True  # tqdm bars (off in batch runs: one printed line per epoch instead)
 
     def __post_init__(self) -> None:
         _coerce_and_check_types(self)
         object.__setattr__(self, "run_root", str(resolve_run_root(self.run_root)))
         _check_values(self)
+        if not self.ablation_task:
+            from .tasks import ABLATION_TASKS
+
+            object.__setattr__(self, "ablation_task", ABLATION_TASKS[self.task_suite])
 
     # --- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -269,7 +274,8 @@ def _hint_name(hint: Any) -> str:
 
 
 def _check_values(cfg: StudyConfig) -> None:
-    from .data import DATASETS  # late import: data imports nothing from config
+    from .data import DATASETS  # late imports: data and tasks import nothing from config
+    from .tasks import SUITES
 
     def need(ok: bool, name: str, accepted: str) -> None:
         if not ok:
@@ -277,6 +283,7 @@ def _check_values(cfg: StudyConfig) -> None:
 
     need(cfg.preset in PRESETS, "preset", f"one of {', '.join(PRESETS)}")
     need(cfg.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}")
+    need(cfg.task_suite in SUITES, "task_suite", f"one of {', '.join(SUITES)}")
     need(len(cfg.noise_ratios) > 0 and all(0.0 <= r < 1.0 for r in cfg.noise_ratios), "noise_ratios",
          "a non-empty list of fractions in [0, 1)")
     need(cfg.noise_kind in NOISE_KINDS, "noise_kind", f"one of {', '.join(NOISE_KINDS)}")

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("fashion_mnist", "mnist5k", "uci_digits")
+DATASETS = ("fashion_mnist", "mnist5k", "uci_digits", "imagenet")
+FOLDER_DATASETS = ("imagenet",)  # read from <data_root>/<name>/ (image_folders), resized to img_size, in memory
 SPLITS = ("train", "test")
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -77,18 +78,36 @@ class ImageSet:
         return ImageSet(images, self.labels, self.classes, name)
 
 
-def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, *, download: bool = False) -> ImageSet:
-    """Load split ``split`` ("train" or "test") of the offline dataset ``name`` (one of ``DATASETS``)."""
+def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, *, download: bool = False,
+                 img_size: int = 224) -> ImageSet:
+    """Load split ``split`` ("train" or "test") of the offline dataset ``name`` (one of ``DATASETS``).
+
+    ``imagenet`` is an ImageNet-style folder ``<root>/imagenet/{train,val}/<class>/*`` (``image_folders``; "test"
+    reads ``val``): its images are decoded once into memory as uint8 RGB ``img_size``×``img_size`` (shorter side
+    resized, centre crop), so it suits folders that fit in memory."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)} "
                          "(paper-scale datasets: nmtune_lib.paper_data)")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} for {name}; accepted: {', '.join(SPLITS)}")
+    if name in FOLDER_DATASETS:
+        return _folder_dataset(name, split, root, img_size)
     if name == "fashion_mnist":
         return _fashion_mnist(split, root, download)
     if name == "mnist5k":
         return _mnist5k(split)
     return _uci_digits(split)
+
+
+def _folder_dataset(name: str, split: str, root, img_size: int) -> ImageSet:
+    from .image_folders import imagenet_folder
+    from .image_sets import to_image_set
+
+    if not root:
+        raise ValueError(f"dataset {name!r} is read from <data_root>/{name}/ ({name}-style class folders): set "
+                         "data_root, e.g. --set data_root=/data")
+    folder = imagenet_folder(Path(root).expanduser() / name, split)
+    return to_image_set(folder, img_size=img_size, name=f"{name}/{split}", progress=False)
 
 
 def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
@@ -221,8 +240,8 @@ def _uci_digits(split: str) -> ImageSet:
 def pretraining_data(config) -> tuple[ImageSet, ImageSet]:
     """(train, test) splits of ``config.dataset``; ``config.train_subset > 0`` keeps a fixed stratified subset of the
     training split (the same for every noise ratio and seed, so runs differ only in their labels)."""
-    root = config.data_root or None
-    train, test = load_dataset(config.dataset, "train", root), load_dataset(config.dataset, "test", root)
+    root, size = config.data_root or None, config.img_size
+    train, test = (load_dataset(config.dataset, split, root, img_size=size) for split in ("train", "test"))
     if config.train_subset:
         train = train.subset(stratified_subset(train.labels, config.train_subset, SPLIT_SEED))
     return train, test
@@ -234,7 +253,7 @@ def analysis_images(config, analysis_dataset: str = "", *, subset_seed: int = 0)
     keeps a stratified subset drawn with ``subset_seed`` (fixed, so every run of a sweep sees the same images)."""
     spec = analysis_dataset or f"{config.dataset}/{config.spectrum_split}"
     name, _, split = spec.partition("/")
-    images = load_dataset(name, split or "test", config.data_root or None)
+    images = load_dataset(name, split or "test", config.data_root or None, img_size=config.img_size)
     if config.spectrum_samples:
         images = images.subset(stratified_subset(images.labels, config.spectrum_samples, subset_seed))
     return images

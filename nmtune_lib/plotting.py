@@ -247,6 +247,10 @@ def decomposition(decomp: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained", sharey=True)
     width = 0.8 / max(1, len(protocols))
     for ax, which in zip(axes, ("ID", "OOD")):
+        if not (frame["mean_of"] == which).any():  # a suite without ID (or OOD) tasks
+            ax.text(0.5, 0.5, f"no {which} tasks in this suite", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
         for i, protocol in enumerate(protocols):
             part = frame[(frame["protocol"] == protocol) & (frame["mean_of"] == which)].set_index("term").loc[terms]
             x = np.arange(len(terms)) + (i - (len(protocols) - 1) / 2) * width

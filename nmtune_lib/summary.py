@@ -317,18 +317,19 @@ def decomposition(transfer: xr.Dataset, *, setting: str = "base"):
     rows = []
     for protocol in transfer["protocol"].values:
         means = id_ood_means(transfer.sel(setting=setting, protocol=protocol))
-        if not np.isfinite(means["id_mean"].sel({"method": "lp"})).any():
-            continue
         ratios = [("all", means)] + [(f"{r:g}", means.sel(noise_ratio=[r])) for r in means["noise_ratio"].values]
         for label, part in ratios:
             for which in ("id_mean", "ood_mean"):
+                if not np.isfinite(means[which].sel({"method": "lp"})).any():
+                    continue  # a suite without ID (or OOD) tasks, or a protocol without LP
                 m = {k: part[which].sel({"method": k}) for k in ("lp", "mlp", "nmtune")}
                 for term, (a, b) in {"nmtune-lp": ("nmtune", "lp"), "mlp-lp": ("mlp", "lp"),
                                      "nmtune-mlp": ("nmtune", "mlp")}.items():
                     mean, half, n = paired_effect(m[a], m[b])
                     rows.append(dict(protocol=str(protocol), noise_ratio=label, mean_of=which[:-5].upper(),
                                      term=term, mean_points=mean, half_width_points=half, n_seeds=n))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["protocol", "noise_ratio", "mean_of", "term", "mean_points",
+                                       "half_width_points", "n_seeds"])
 
 
 def sensitivity(transfer: xr.Dataset, *, task: str, config) -> "pd.DataFrame":

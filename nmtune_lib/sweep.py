@@ -310,6 +310,24 @@ def _grid_fields(config: StudyConfig) -> dict[str, Any]:
 
 # --- command line ----------------------------------------------------------------------------------------------------
 
+GRID_FLAGS = {"dataset": "dataset", "noise_kind": "noise_kind", "noise_ratios": "noise_ratios", "seeds": "seeds"}
+
+
+def _lift_grid_fields(args: argparse.Namespace) -> None:
+    """``--set dataset=…`` (or noise_kind, noise_ratios, seeds) defines the grid like the flag of that name: move it
+    out of the notebook overrides into ``args``; the flag and ``--set`` both given is an error."""
+    kept = []
+    for assignment in args.overrides:
+        key = assignment.partition("=")[0].strip()
+        if key not in GRID_FLAGS:
+            kept.append(assignment)
+            continue
+        if getattr(args, GRID_FLAGS[key], None):
+            raise ValueError(f"{key} given both as --{key.replace('_', '-')} and --set {key}=…; give it once")
+        setattr(args, GRID_FLAGS[key], parse_assignments([assignment])[key])
+    args.overrides = kept
+
+
 def _study_from_args(args: argparse.Namespace) -> Study:
     grid: dict[str, Any] = {"run_root": args.run_root}
     if getattr(args, "noise_ratios", None):
@@ -384,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             csv = learning_curve(config, args.epochs, args.noise_ratios, args.seed, Path(args.out), jobs=args.jobs)
             print(f"learning curve: {csv} and {csv.with_suffix('.png')}")
             return 0
+        if args.command == "sweep":
+            _lift_grid_fields(args)
         study = _study_from_args(args)
         if args.command == "sweep":
             if args.jobs < 1:

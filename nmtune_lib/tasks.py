@@ -15,6 +15,12 @@ The offline default suite, all real data:
 | ``fmnist_domains_sketch`` | OOD | the same images rendered as ``sketch`` | the four domains | yes |
 | ``digits_shift`` | OOD | MNIST-5k train | MNIST-5k test (``mnist5k``) and all 1,797 UCI digits (``uci_digits``) | no |
 
+The ``domainnet`` suite reads DomainNet from ``<data_root>/domainnet/<domain>/<class>/*`` (``image_folders``; its split
+files when present, else a seeded 80/20 split per class), decoded into memory at the backbone's resolution: two OOD
+tasks, ``domainnet_real`` and ``domainnet_sketch`` (the head trained on that domain's train split), each tested on the
+test splits of ``real``, ``sketch``, ``painting`` and ``clipart`` (docs/paper.md §4). Every missing domain folder is
+named before anything is decoded.
+
 Digit tasks do not flip their views (a mirrored digit is another glyph, as in pre-training); the reference code
 flips every timm-model task, SVHN included: a deviation written down in docs/paper.md.
 
@@ -33,7 +39,8 @@ from .data import ImageSet, load_dataset, stratified_subset
 
 DOMAINS = ("real", "sketch", "painting", "clipart")
 IN_DOMAIN = "in_domain"
-SUITES = ("default",)
+SUITES = ("default", "domainnet")
+ABLATION_TASKS = {"default": "fmnist_domains_real", "domainnet": "domainnet_real"}  # each suite's ablation task
 TASK_SPLIT_SEED = 0  # the head-train / head-test halves of Fashion-MNIST test are fixed for every run
 
 
@@ -157,9 +164,36 @@ def default_suite(*, task_subset: int = 0, data_root: str | None = None, include
     return tasks
 
 
-def task_suite(name: str = "default", **kwargs) -> list[Task]:
-    """A task suite by name (``default`` offline; paper-scale suites are built from the ``paper_data`` and
-    ``image_folders`` loaders)."""
+def domainnet_suite(*, data_root: str | None, img_size: int, task_subset: int = 0) -> list[Task]:
+    """DomainNet from ``<data_root>/domainnet`` (see the module docstring); ``task_subset`` caps each set (a seeded,
+    class-stratified subset)."""
+    from pathlib import Path
+
+    from .image_folders import DOMAINNET_OOD_DOMAINS, domainnet_folder
+    from .image_sets import to_image_set
+
+    if not data_root:
+        raise ValueError("task_suite 'domainnet' reads <data_root>/domainnet/<domain>/<class>/*: set data_root")
+    root = Path(data_root).expanduser() / "domainnet"
+    missing = [str(root / d) for d in DOMAINNET_OOD_DOMAINS if not (root / d).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"task_suite 'domainnet': missing domain folder(s) {', '.join(missing)}; expected "
+                                f"{root}/<domain>/<class>/*.jpg for the domains {', '.join(DOMAINNET_OOD_DOMAINS)}")
+
+    def load(domain: str, split: str) -> ImageSet:
+        images = to_image_set(domainnet_folder(root, domain, split), img_size=img_size, progress=False,
+                              max_samples=task_subset or None, seed=TASK_SPLIT_SEED)
+        return ImageSet(images.images, images.labels, images.classes, f"domainnet_{domain}/{split}")
+
+    tests = {d: load(d, "test") for d in DOMAINNET_OOD_DOMAINS}
+    return [Task(f"domainnet_{d}", "ood", load(d, "train"), tests, train_domain=d) for d in ("real", "sketch")]
+
+
+def task_suite(name: str = "default", *, img_size: int = 28, **kwargs) -> list[Task]:
+    """A task suite by name: ``default`` (offline, built-in data) or ``domainnet`` (from ``data_root``, decoded at
+    ``img_size``, the backbone's resolution)."""
     if name not in SUITES:
         raise ValueError(f"unknown task suite {name!r}; accepted: {', '.join(SUITES)}")
+    if name == "domainnet":
+        return domainnet_suite(img_size=img_size, **kwargs)
     return default_suite(**kwargs)

@@ -148,6 +148,10 @@ def run_transfer(run, backbone, tasks: Sequence[Any], *, checkpoint_hash: str, d
                                            checkpoint_hash=checkpoint_hash, progress=progress)
         return loaded[key]
 
+    names = [t.name for t in tasks]
+    if config.ablation and config.ablation_task not in names:
+        raise ValueError(f"ablation_task={config.ablation_task!r} is not a task of this suite; accepted: "
+                         f"{', '.join(names)}")
     methods = list(config.methods)
     scores: list[Score] = []
     selection: dict[tuple[str, str, str, float], float] = {}  # (setting, method, task, lr) → held-out accuracy

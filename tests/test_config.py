@@ -57,7 +57,7 @@ def test_mistyped_key_raises_with_a_suggestion():
     ("device", "tpu", "auto, cpu, cuda"),
     ("methods", ["lp", "svm"], "lp, mlp, nmtune"),
     ("views", 1, ">= 2"),
-    ("dataset", "imagenet", "fashion_mnist"),
+    ("dataset", "cifar100", "fashion_mnist"),
     ("seeds", [0, 0], "distinct"),
     ("lr", "fast", "float"),
 ])

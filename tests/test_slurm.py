@@ -29,22 +29,23 @@ needs_cluster = pytest.mark.skipif(not _cluster_up() and os.environ.get("CI") !=
 @needs_cluster
 def test_smoke_sweep_on_slurm_equals_the_local_sweep(smoke_sweep, tmp_path):
     assert _cluster_up(), "CI must start the cluster first (.ci/run: make slurm)"
-    # the local fixture ran one worker with both cores' threads: each Slurm task gets as many
-    args = ("--executor", "slurm", "--cpus-per-job", str(os.cpu_count()), "--mem-gb", "4", "--time-min", "30")
+    # the local fixture ran one worker with both cores' threads: each Slurm task gets as many; the grid's 20 % run
+    # alone keeps the test short
+    args = ("--executor", "slurm", "--cpus-per-job", str(os.cpu_count()), "--mem-gb", "4", "--time-min", "30",
+            "--noise-ratios", "0.2", "--no-summary")
     result = nmtune_sweep(tmp_path, *args, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    array = re.search(r"submitted job array (\d+) with 2 task", result.stdout).group(1)
+    array = re.search(r"submitted job array (\d+) with 1 task", result.stdout).group(1)
     states = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State"], capture_output=True,
                             text=True).stdout.split()
-    assert len(states) == 2 and all(s.endswith("|COMPLETED") for s in states), states
-    for run in SMOKE_RUNS:
+    assert len(states) == 1 and all(s.endswith("|COMPLETED") for s in states), states
+    for run in SMOKE_RUNS[1:]:
         ours, local = (root / "smoke" / "fashion_mnist" / run for root in (tmp_path, smoke_sweep))
         assert (ours / "backbone.pt").read_bytes() == (local / "backbone.pt").read_bytes()
         for name in ("transfer.nc", "spectrum.nc"):
             a, b = xr.load_dataset(ours / name), xr.load_dataset(local / name)
             drop = [v for v in ("fit_seconds",) if v in a]
             xr.testing.assert_equal(a.drop_vars(drop), b.drop_vars(drop))  # attributes (paths, times) aside
-    assert (tmp_path / "smoke" / "claims.csv").read_text() == (smoke_sweep / "smoke" / "claims.csv").read_text()
     again = nmtune_sweep(tmp_path, *args, timeout=300)
     assert again.returncode == 0 and "nothing submitted" in again.stdout  # finished runs are not resubmitted
 
