@@ -12,6 +12,7 @@
 # (pid files); the daemons run as root (a single-user test cluster, as in CI). Used by `make slurm` / `make
 # slurm-stop` and by .ci/run.
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # runuser and the daemons, whatever PATH the caller (CI) has
 
 CLUSTER=nmtune
 STATE=/var/lib/nmtune-slurm
