@@ -49,6 +49,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -151,7 +152,8 @@ def batched_vs_one_by_one(backbone, train, test, args, device) -> dict:
     result = {"speedup": out["one_by_one"]["fit_seconds"] / out["batched"]["fit_seconds"],
               "transfer_speedup": out["one_by_one"]["transfer_seconds"] / out["batched"]["transfer_seconds"],
               "max_acc_diff_points": 100 * float(diff.max(skipna=True)),
-              "identical": bool(out["batched"]["ds"]["accuracy"].equals(out["one_by_one"]["ds"]["accuracy"])),
+              "identical": bool(np.array_equal(out["batched"]["ds"]["accuracy"].values,
+                                               out["one_by_one"]["ds"]["accuracy"].values, equal_nan=True)),
               "heads": out["batched"]["heads"], "batches": out["batched"]["batches"],
               "epochs": args.epochs, "task": task.name, "train": len(train),
               **{f"{m}_{k}": out[m][k] for m in out for k in ("fit_seconds", "transfer_seconds")},

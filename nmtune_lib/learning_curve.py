@@ -49,8 +49,7 @@ def pretrain_all(runs: Sequence[Run], *, jobs: int = 1, log=print) -> None:
         c = run.config
         command = [sys.executable, "-m", "nmtune_lib.pretrain", "--preset", c.preset, "--noise-ratio",
                    str(run.noise_ratio), "--seed", str(run.seed), "--run-root", c.run_root, "--no-progress",
-                   "--set", *(f"{k}={v}" for k, v in c.pretrain_key().items() if k != "noise_kind"),
-                   f"noise_kind={c.noise_kind}", f"device={c.device}"]
+                   "--set", *(f"{k}={v}" for k, v in c.pretrain_key().items()), f"device={c.device}"]
         env = {**os.environ, "NMTUNE_NUM_THREADS": str(threads)}
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         logfile = Path(c.run_root) / f"pretrain-{run.noise_ratio:.2f}-seed{run.seed}.log"

@@ -84,13 +84,10 @@ def run_chains_on_slurm(study, runs: Sequence[Any], resources: SlurmResources, *
     with tqdm(total=len(jobs), desc=f"slurm {study.config.preset}", unit="run", file=sys.stdout) as bar:
         for job, spec in zip(jobs, pending):
             try:
-                result = job.result()
+                tally(job.result(), timings, skipped, failures, where=f"slurm job {job.job_id}: ")
             except Exception as err:  # the task failed or was cancelled, timed out, preempted
                 failures.append(f"slurm job {job.job_id} ({spec.run.dir}) did not finish: "
                                 f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}; "
                                 f"see {Path(str(job.paths.stderr))}")
-                bar.update(1)
-                continue
             bar.update(1)
-            tally(result, timings, skipped, failures, where=f"slurm job {job.job_id}: ")
     return timings, skipped, failures

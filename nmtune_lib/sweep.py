@@ -92,8 +92,8 @@ def execute(name: str, out_dir: Path, parameters: dict[str, Any], files: tuple[d
 
     inputs, outputs = files
     marker = out_dir / f"{name}.done"
-    key = step_key(parameters, inputs)
-    done = step_done(name, out_dir, parameters, files)
+    key = step_key(parameters, inputs)  # hashes the input files: once, for the check and the new marker
+    done = is_done(marker, key, outputs)
     if done is not None:
         return {**done, "skipped": True}
     marker.unlink(missing_ok=True)  # stale: parameters, an input or an output changed; redo
@@ -310,7 +310,7 @@ def _grid_fields(config: StudyConfig) -> dict[str, Any]:
 
 # --- command line ----------------------------------------------------------------------------------------------------
 
-GRID_FLAGS = {"dataset": "dataset", "noise_kind": "noise_kind", "noise_ratios": "noise_ratios", "seeds": "seeds"}
+GRID_FIELDS = ("dataset", "noise_kind", "noise_ratios", "seeds")  # config fields that have a sweep flag of their own
 
 
 def _lift_grid_fields(args: argparse.Namespace) -> None:
@@ -319,12 +319,12 @@ def _lift_grid_fields(args: argparse.Namespace) -> None:
     kept = []
     for assignment in args.overrides:
         key = assignment.partition("=")[0].strip()
-        if key not in GRID_FLAGS:
+        if key not in GRID_FIELDS:
             kept.append(assignment)
             continue
-        if getattr(args, GRID_FLAGS[key], None):
+        if getattr(args, key, None):
             raise ValueError(f"{key} given both as --{key.replace('_', '-')} and --set {key}=…; give it once")
-        setattr(args, GRID_FLAGS[key], parse_assignments([assignment])[key])
+        setattr(args, key, parse_assignments([assignment])[key])
     args.overrides = kept
 
 

@@ -181,9 +181,8 @@ def domainnet_suite(*, data_root: str | None, img_size: int, task_subset: int = 
                                 f"{root}/<domain>/<class>/*.jpg for the domains {', '.join(DOMAINNET_OOD_DOMAINS)}")
 
     def load(domain: str, split: str) -> ImageSet:
-        images = to_image_set(domainnet_folder(root, domain, split), img_size=img_size, progress=False,
-                              max_samples=task_subset or None, seed=TASK_SPLIT_SEED)
-        return ImageSet(images.images, images.labels, images.classes, f"domainnet_{domain}/{split}")
+        return to_image_set(domainnet_folder(root, domain, split), img_size=img_size, progress=False,
+                            max_samples=task_subset or None, seed=TASK_SPLIT_SEED, name=f"domainnet_{domain}/{split}")
 
     tests = {d: load(d, "test") for d in DOMAINNET_OOD_DOMAINS}
     return [Task(f"domainnet_{d}", "ood", load(d, "train"), tests, train_domain=d) for d in ("real", "sketch")]
