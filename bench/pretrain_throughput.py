@@ -1,6 +1,6 @@
 """Pre-training throughput: the in-memory device path of nmtune_lib.pretrain (recipe.py) against a plain DataLoader + eager loop.
 
-For the `default` preset's model on the CPU and, where CUDA exists, the `paper` preset's model on the GPU, one run
+For the `default` preset's model on the CPU and, where CUDA exists, the `gpu` preset's model on the GPU, one run
 measures images/second of a training step (augmentation, forward, backward, SGD step) along two paths on the same
 model and data:
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available() and not args.cpu_only
     cores = os.cpu_count() or 1
 
-    cases = [("default", torch.device("cpu"))] + ([("paper", torch.device("cuda"))] if cuda else [])
+    cases = [("default", torch.device("cpu"))] + ([("gpu", torch.device("cuda"))] if cuda else [])
     rows = []
     for preset, device in cases:
         config = StudyConfig.from_preset(preset)

@@ -52,6 +52,9 @@ class StudyConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     compile: bool = False  # torch.compile on CUDA
+    stream: bool = False  # folder datasets: read the images from disk every epoch (DataLoader), not decoded in memory
+    loader_workers: int = 4  # DataLoader worker processes when streaming
+    pretrained: str = ""  # a local weights file of `model` that replaces pre-training; may hold {noise_ratio}, {seed}
     # --- feature analysis -----------------------------------------------------------------------------------
     spectrum_split: str = "test"  # features of this split of the pre-training dataset feed the spectrum
     spectrum_samples: int = 0  # 0 = all samples of that split
@@ -86,7 +89,8 @@ class StudyConfig:
     num_threads: int = 0  # 0 = all cores
     run_root: str = ""  # "" = $NMTUNE_RUNS, else <project root>/runs; a relative path is taken from the project root
     data_root: str = ""  # "" = the search order of nmtune_lib.data
-    task_suite: str = "default"  # downstream tasks (nmtune_lib.tasks.SUITES): default (offline) | domainnet
+    task_suite: str = "default"  # downstream tasks (nmtune_lib.tasks.SUITES): default (offline) | domainnet | paper
+    tasks: tuple[str, ...] = ()  # the suite's tasks to run, by name; () = all of them
     progress: bool = True  # tqdm bars (off in batch runs: one printed line per epoch instead)
 
     def __post_init__(self) -> None:
@@ -144,6 +148,8 @@ class StudyConfig:
         """The fields that determine a pre-trained checkpoint (a resumed run must agree on all of them)."""
         keys = ("dataset", "noise_kind", "model", "small_stem", "img_size", "train_subset", "epochs",
                 "batch_size", "lr", "momentum", "weight_decay", "label_smoothing")
+        # these only when set, so that the keys of earlier runs stay what they were
+        keys += tuple(k for k in ("pretrained", "stream") if getattr(self, k))
         return {k: getattr(self, k) for k in keys}
 
 
@@ -160,10 +166,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     # grid and heads, pre-trained 40 epochs on 6,000 of the 60,000 images (51 parameters per image; at 60k images
     # resnet_tiny predicts the flipped label for ~1 % of flipped samples at any schedule, at 6k for 22.7 %).
     "converged": dict(train_subset=6000, epochs=40),
-    # The paper's grid on one or more GPUs: a ResNet-18 with a small-image stem, longer schedule.
-    "paper": dict(
+    # The embedded study on a GPU: a ResNet-18 with a small-image stem, longer schedule, online views.
+    "gpu": dict(
         model="resnet18", small_stem=True, img_size=32, epochs=30, batch_size=512, lr=0.4, device="cuda",
         compile=True, head_mode="online", views=8, feature_batch_size=4096,
+    ),
+    # The paper's scale (README, "Paper scale"): ResNet-50 at 224 px pre-trained on the user's ImageNet-style folder
+    # (<data_root>/imagenet, streamed from disk) on the paper's grid, heads on the 14 ID datasets and DomainNet
+    # (<data_root>). Schedule: torchvision's ResNet-50 reference recipe (90 epochs, lr 0.1 per 256 images, weight
+    # decay 1e-4) with our one-cycle schedule in place of its step decay (docs/paper.md §3). Needs CUDA GPUs.
+    "paper": dict(
+        dataset="imagenet", stream=True, task_suite="paper", model="resnet50", img_size=224, epochs=90,
+        batch_size=1024, lr=0.4, weight_decay=1e-4, device="cuda", compile=True, head_mode="online",
+        feature_batch_size=512, loader_workers=16, spectrum_samples=10000,
     ),
 }
 
@@ -274,8 +289,8 @@ def _hint_name(hint: Any) -> str:
 
 
 def _check_values(cfg: StudyConfig) -> None:
-    from .data import DATASETS  # late imports: data and tasks import nothing from config
-    from .tasks import SUITES
+    from .data import DATASETS, FOLDER_DATASETS  # late imports: data and tasks import nothing from config
+    from .tasks import ABLATION_TASKS, SUITES, suite_task_names
 
     def need(ok: bool, name: str, accepted: str) -> None:
         if not ok:
@@ -284,12 +299,19 @@ def _check_values(cfg: StudyConfig) -> None:
     need(cfg.preset in PRESETS, "preset", f"one of {', '.join(PRESETS)}")
     need(cfg.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}")
     need(cfg.task_suite in SUITES, "task_suite", f"one of {', '.join(SUITES)}")
+    need(set(cfg.tasks) <= set(suite_task_names(cfg.task_suite)), "tasks",
+         f"names of task_suite {cfg.task_suite!r}'s tasks: {', '.join(suite_task_names(cfg.task_suite))}")
     need(len(cfg.noise_ratios) > 0 and all(0.0 <= r < 1.0 for r in cfg.noise_ratios), "noise_ratios",
          "a non-empty list of fractions in [0, 1)")
     need(cfg.noise_kind in NOISE_KINDS, "noise_kind", f"one of {', '.join(NOISE_KINDS)}")
     need(len(cfg.seeds) > 0 and all(s >= 0 for s in cfg.seeds), "seeds", "a non-empty list of integers >= 0")
     need(len(set(cfg.seeds)) == len(cfg.seeds), "seeds", "distinct seeds")
     need(cfg.img_size >= 8, "img_size", "an integer >= 8")
+    need(not cfg.stream or cfg.dataset in FOLDER_DATASETS, "stream",
+         f"false unless dataset is a folder dataset ({', '.join(FOLDER_DATASETS)}); {cfg.dataset!r} lives in memory")
+    need(not (cfg.stream and cfg.noise_kind == "instance"), "stream",
+         "false with noise_kind 'instance' (instance-dependent noise reads every image)")
+    need(cfg.loader_workers >= 0, "loader_workers", "0 (load in the main process) or a positive count")
     need(cfg.train_subset >= 0, "train_subset", "0 (all) or a positive sample count")
     for name in ("epochs", "batch_size", "feature_batch_size", "head_epochs", "head_batch_size", "spectrum_top_k",
                  "svd_top_k"):
@@ -321,6 +343,10 @@ def _check_values(cfg: StudyConfig) -> None:
     need(cfg.task_subset >= 0, "task_subset", "0 (all) or a positive sample count")
     need(cfg.device in DEVICES or cfg.device.startswith("cuda:"), "device", f"one of {', '.join(DEVICES)} or 'cuda:N'")
     need(cfg.num_threads >= 0, "num_threads", "0 (all cores) or a positive thread count")
+    ablation_task = cfg.ablation_task or ABLATION_TASKS[cfg.task_suite]
+    if cfg.ablation and cfg.tasks and ablation_task not in cfg.tasks:
+        raise ValueError(f"config ablation_task={ablation_task!r} is not among tasks={list(cfg.tasks)}: add it, set "
+                         "ablation_task to one of them, or set ablation=false")
     # last: a robustness setting is checked by building the changed config, so every other field must be valid
     for setting in cfg.robustness:
         try:

@@ -39,8 +39,22 @@ FMNIST_FILES = {
 SPLIT_SEED = 0  # fixed: the splits of mnist5k and uci_digits are part of the dataset definition
 
 
+class LabelledSplit:
+    """What every split offers, held in memory or not: ``len`` and ``num_classes`` from ``labels`` and ``classes``."""
+
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
 @dataclass(frozen=True)
-class ImageSet:
+class ImageSet(LabelledSplit):
     """A split held in memory: ``images`` uint8 N×C×H×W, ``labels`` int64 N in [0, C), class names, a name."""
 
     images: torch.Tensor
@@ -57,13 +71,6 @@ class ImageSet:
                              f"{self.labels.dtype} {tuple(self.labels.shape)}")
         if len(self.labels) and not (0 <= int(self.labels.min()) and int(self.labels.max()) < len(self.classes)):
             raise ValueError(f"ImageSet {self.name}: labels must lie in [0, {len(self.classes)})")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -99,15 +106,22 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, *
     return _uci_digits(split)
 
 
-def _folder_dataset(name: str, split: str, root, img_size: int) -> ImageSet:
+def folder_files(name: str, split: str, root):
+    """The scanned (path, label) list of split ``split`` of the folder dataset ``<root>/<name>/`` (not decoded)."""
     from .image_folders import imagenet_folder
-    from .image_sets import to_image_set
 
     if not root:
         raise ValueError(f"dataset {name!r} is read from <data_root>/{name}/ ({name}-style class folders): set "
                          "data_root, e.g. --set data_root=/data")
-    folder = imagenet_folder(Path(root).expanduser() / name, split)
-    return to_image_set(folder, img_size=img_size, name=f"{name}/{split}", progress=False)
+    return imagenet_folder(Path(root).expanduser() / name, split)
+
+
+def _folder_dataset(name: str, split: str, root, img_size: int, max_samples: int | None = None,
+                    seed: int = 0) -> ImageSet:
+    from .image_sets import to_image_set
+
+    return to_image_set(folder_files(name, split, root), img_size=img_size, max_samples=max_samples, seed=seed,
+                        name=f"{name}/{split}", progress=False)
 
 
 def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
@@ -238,10 +252,16 @@ def _uci_digits(split: str) -> ImageSet:
 
 
 def pretraining_data(config) -> tuple[ImageSet, ImageSet]:
-    """(train, test) splits of ``config.dataset``; ``config.train_subset > 0`` keeps a fixed stratified subset of the
+    """(train, test) splits of ``config.dataset`` (``ImageSet``s, or ``streaming.StreamedSplit``s with
+    ``config.stream``); ``config.train_subset > 0`` keeps a fixed stratified subset of the
     training split (the same for every noise ratio and seed, so runs differ only in their labels)."""
     root, size = config.data_root or None, config.img_size
-    train, test = (load_dataset(config.dataset, split, root, img_size=size) for split in ("train", "test"))
+    if getattr(config, "stream", False):  # scanned file lists, read from disk while training (nmtune_lib.streaming)
+        from .streaming import streamed_split
+
+        train, test = (streamed_split(config.dataset, split, root, size) for split in ("train", "test"))
+    else:
+        train, test = (load_dataset(config.dataset, split, root, img_size=size) for split in ("train", "test"))
     if config.train_subset:
         train = train.subset(stratified_subset(train.labels, config.train_subset, SPLIT_SEED))
     return train, test
@@ -253,6 +273,9 @@ def analysis_images(config, analysis_dataset: str = "", *, subset_seed: int = 0)
     keeps a stratified subset drawn with ``subset_seed`` (fixed, so every run of a sweep sees the same images)."""
     spec = analysis_dataset or f"{config.dataset}/{config.spectrum_split}"
     name, _, split = spec.partition("/")
+    if name in FOLDER_DATASETS:  # decode only the analysed images (the same stratified subset)
+        return _folder_dataset(name, split or "test", config.data_root or None, config.img_size,
+                               max_samples=config.spectrum_samples or None, seed=subset_seed)
     images = load_dataset(name, split or "test", config.data_root or None, img_size=config.img_size)
     if config.spectrum_samples:
         images = images.subset(stratified_subset(images.labels, config.spectrum_samples, subset_seed))

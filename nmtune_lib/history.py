@@ -31,7 +31,8 @@ def history_frame(history: list[dict[str, Any]]):
     """The per-epoch history as a pandas DataFrame (one row per epoch, columns ``HISTORY_FIELDS``)."""
     import pandas as pd
 
-    return pd.DataFrame(history, columns=list(HISTORY_FIELDS))
+    frame = pd.DataFrame(history, columns=list(HISTORY_FIELDS))
+    return frame if len(frame) else frame.astype({"epoch": "int64"} | {k: "float64" for k in HISTORY_FIELDS[1:]})
 
 
 def history_dataset(history: list[dict[str, Any]], summary: dict[str, Any] | None = None):

@@ -8,7 +8,7 @@ pre-logit vector: ``forward_features`` then ``forward_head(pre_logits=True)`` (d
 
 Stems. A timm ResNet's stem (7×7 stride-2 conv + 3×3 stride-2 max-pool) shrinks a 28 px image to 7 px before the
 first stage, leaving 1×1 for the last one. ``small_stem=True`` swaps it for a 3×3 stride-1 conv without max-pool
-(28 px stay 28 px): the usual CIFAR-style choice for ResNet-18/50 on a GPU (the ``paper`` preset).
+(28 px stay 28 px): the usual CIFAR-style choice for ResNet-18/50 on a GPU (the ``gpu`` preset).
 
 Small ResNets for CPU runs are registered with timm under their own names, so ``timm.create_model`` and
 ``create_backbone`` find them like any other model. Each has one BasicBlock per stage and a stem of its own: one 3×3
@@ -21,7 +21,7 @@ stride-2 conv of the first stage's width, no max-pool (28 px → 14 px; stages a
 - ``resnet_tiny``   widths 16-32-64-128 (D = 128): the ``smoke`` and ``default`` CPU backbone.
 - ``resnet_narrow`` widths 32-64-128-256 (D = 256): about 3× the cost per image of ``resnet_tiny``.
 
-The ``paper`` preset uses timm's ``resnet18`` with ``small_stem=True`` at 32 px on a GPU: measured 45,000 img/s on
+The ``gpu`` preset uses timm's ``resnet18`` with ``small_stem=True`` at 32 px on a GPU: measured 45,000 img/s on
 one H100 (bf16, channels_last, batch 512, bench/pretrain_throughput.py), so a 30-epoch Fashion-MNIST run takes about a
 minute.
 """

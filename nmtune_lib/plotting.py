@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 import xarray as xr
 
 from .summary import id_ood_means, mean_ci
@@ -149,9 +150,16 @@ def transition_heatmap(noisy, classes) -> plt.Figure:
 
 
 def sample_grid(images, noisy, classes, *, count: int = 16, seed: int = 0) -> plt.Figure:
-    """Flipped samples (or any, if none flipped) with their clean and noisy labels."""
-    pool = np.flatnonzero(noisy.flipped.numpy()) if bool(noisy.flipped.any()) else np.arange(len(images))
+    """Flipped samples (or any, if none flipped) with their clean and noisy labels. ``images``: uint8 N×C×H×W, or a
+    training set (an ``ImageSet``, or a streamed split whose picked images are then read from disk)."""
+    pool = np.flatnonzero(noisy.flipped.numpy()) if bool(noisy.flipped.any()) else np.arange(len(noisy.labels))
     pick = np.random.default_rng(seed).choice(pool, size=min(count, len(pool)), replace=False)
+    if not isinstance(images, torch.Tensor):
+        if images.images is None:  # streamed: decode the picked files only
+            decoded = images.decode(torch.as_tensor(pick))
+            images = dict(zip(pick.tolist(), decoded))
+        else:
+            images = images.images
     cols = 8
     rows = int(np.ceil(len(pick) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), layout="constrained", squeeze=False)

@@ -38,6 +38,7 @@ from .distributed import Distributed, device_for, torch_threads
 from .files import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256
 from .history import HISTORY_FIELDS, history_dataset, history_frame
 from .models import Backbone, create_backbone
+from .augment import to_float
 from .recipe import (FLIP, RECIPE, augment_batch, check_inputs, epoch_seed, evaluate, evaluation_data, make_optimizer,
                      run_key, train_step)
 from .results import save_dataset
@@ -58,6 +59,10 @@ def pretrain(run: Run, train_set, noisy, test_set, *, stop_after: int | None = N
     """
     start_wall = time.perf_counter()
     config = run.config
+    if config.pretrained:  # the user's weights stand in for training (nmtune_lib.pretrained)
+        from .pretrained import import_pretrained, pretrained_key
+
+        return import_pretrained(run, noisy, test_set, key=pretrained_key(config, run.seed))
     device = device_for(config)
     dist = Distributed(device.type)
     try:
@@ -95,8 +100,9 @@ class _Loop:
     model: nn.Module  # what is trained: the backbone, wrapped in DDP and/or torch.compile where used
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LambdaLR
-    images: torch.Tensor  # this rank's shard of the training images (uint8, on the device)
-    labels: torch.Tensor  # its noisy labels
+    images: torch.Tensor | None  # this rank's shard of the training images (uint8, on the device); None streamed
+    labels: torch.Tensor  # its noisy labels (streamed: all noisy labels, indexed by sample)
+    loader: Any  # streamed: the DataLoader of this rank's shard (nmtune_lib.streaming); else None
     batch: int  # per-rank batch size
     steps: int  # steps per epoch
     state: dict[str, Any]  # history, epoch, seconds, train_seconds, images_seen (as checkpointed)
@@ -119,12 +125,21 @@ def _set_up(run: Run, train_set, noisy, *, device, dist, key, ckpt, start_wall) 
                                    img_size=config.img_size, small_stem=config.small_stem)
     backbone = backbone.to(device, memory_format=torch.channels_last)
 
-    # This rank's shard of the in-memory training tensor (every ``world``-th sample), on the device.
+    # This rank's shard of the training set (every ``world``-th sample): in memory, its images and labels on the
+    # device; streamed (config.stream), a DataLoader over its files and all noisy labels on the device.
     n_local = len(train_set) // dist.world
     shard = slice(dist.rank, dist.rank + dist.world * n_local, dist.world)
-    images, labels = train_set.images[shard].to(device), noisy.labels[shard].to(device)
     batch = config.batch_size // dist.world
     steps = n_local // batch
+    loader = None
+    if train_set.images is None:
+        from .streaming import train_loader
+
+        loader = train_loader(train_set, torch.arange(len(train_set))[shard], batch=batch, seed=run.seed,
+                              rank=dist.rank, workers=config.loader_workers, pin=device.type == "cuda")
+        images, labels = None, noisy.labels.to(device)
+    else:
+        images, labels = train_set.images[shard].to(device), noisy.labels[shard].to(device)
 
     opt, sched = make_optimizer(backbone, config, config.epochs * steps)
     state = dict(history=[], epoch=0, seconds=0.0, train_seconds=0.0, images_seen=0)
@@ -135,8 +150,8 @@ def _set_up(run: Run, train_set, noisy, *, device, dist, key, ckpt, start_wall) 
         state = {k: ckpt[k] for k in state}
     return _Loop(run=run, device=device, dist=dist, key=key, manifest_hash=noisy.manifest_hash, backbone=backbone,
                  model=_wrap(backbone, config, device, dist), opt=opt, sched=sched, images=images, labels=labels,
-                 batch=batch, steps=steps, state=state, seconds_before=float(ckpt["seconds"]) if ckpt else 0.0,
-                 start_wall=start_wall)
+                 loader=loader, batch=batch, steps=steps, state=state,
+                 seconds_before=float(ckpt["seconds"]) if ckpt else 0.0, start_wall=start_wall)
 
 
 def _wrap(backbone: Backbone, config, device: torch.device, dist: Distributed) -> nn.Module:
@@ -156,7 +171,8 @@ def _train(loop: _Loop, train_set, noisy, test_set, *, stop_after: int | None, t
     config, dist = loop.run.config, loop.dist
     evaluation = None
     if dist.main:  # rank 0 evaluates: its weights are the ones written
-        evaluation = evaluation_data(train_set, noisy, test_set, seed=loop.run.seed, device=loop.device)
+        evaluation = evaluation_data(train_set, noisy, test_set, seed=loop.run.seed, device=loop.device,
+                                     workers=config.loader_workers)
         if loop.state["epoch"]:
             _say(config, f"{loop.run.dir}: resuming after epoch {loop.state['epoch']}/{config.epochs}")
     last = config.epochs if stop_after is None else min(config.epochs, stop_after)
@@ -186,15 +202,11 @@ def _train_epoch(loop: _Loop, epoch: int) -> tuple[float, float, float]:
     t0 = time.perf_counter()
     gen = torch.Generator(device=device if loop.cuda else "cpu").manual_seed(epoch_seed(loop.run.seed, epoch,
                                                                                          dist.rank))
-    perm = torch.randperm(len(loop.images), generator=gen, device=gen.device).to(device)
-    flip = FLIP.get(config.dataset, True)
     loop.model.train()
     loss_sum = torch.zeros((), device=device)
     hit_sum = torch.zeros((), device=device)
     bar = _bar(config.progress and dist.main, loop.steps, f"epoch {epoch + 1}/{config.epochs}")
-    for step in range(loop.steps):
-        idx = perm[step * loop.batch:(step + 1) * loop.batch]
-        x, y = augment_batch(loop.images, idx, gen, flip=flip), loop.labels[idx]
+    for step, (x, y) in enumerate(_batches(loop, epoch, gen)):
         loss, logits = train_step(loop.model, loop.opt, x, y, autocast=loop.cuda,
                                   label_smoothing=config.label_smoothing)
         loop.sched.step()
@@ -211,6 +223,21 @@ def _train_epoch(loop: _Loop, epoch: int) -> tuple[float, float, float]:
         bar.close()
     loss_total, hits = dist.all_sum([loss_sum.item(), hit_sum.item()])
     return loss_total, hits, train_time
+
+
+def _batches(loop: _Loop, epoch: int, gen: torch.Generator):
+    """Epoch ``epoch``'s (augmented float images in channels_last, noisy labels) on the device, one per step."""
+    if loop.loader is not None:  # streamed: order and augmentation seeded inside the loader (nmtune_lib.streaming)
+        loop.loader.batch_sampler.set_epoch(epoch)
+        for x, idx in loop.loader:
+            x, idx = x.to(loop.device, non_blocking=True), idx.to(loop.device, non_blocking=True)
+            yield to_float(x).contiguous(memory_format=torch.channels_last), loop.labels[idx]
+        return
+    perm = torch.randperm(len(loop.images), generator=gen, device=gen.device).to(loop.device)
+    flip = FLIP.get(loop.run.config.dataset, True)
+    for step in range(loop.steps):
+        idx = perm[step * loop.batch:(step + 1) * loop.batch]
+        yield augment_batch(loop.images, idx, gen, flip=flip), loop.labels[idx]
 
 
 def _epoch_row(loop: _Loop, epoch: int, loss_total: float, hits: float, train_time: float,

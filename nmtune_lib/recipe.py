@@ -149,20 +149,42 @@ def memo_index(flipped: torch.Tensor, seed: int) -> torch.Tensor:
     return index
 
 
-def evaluation_data(train_set, noisy, test_set, *, seed: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """On the device: the clean test split, and the scored subset of flipped training samples with both labels."""
+def clean_test_data(test_set, *, device: torch.device, workers: int = 0) -> dict:
+    """The clean test split for ``clean_test_accuracy``: on the device, or (streamed, ``images`` None;
+    nmtune_lib.streaming) a DataLoader that reads it at every evaluation."""
+    if test_set.images is None:
+        from .streaming import eval_loader
+
+        return dict(test_loader=eval_loader(test_set, batch=EVAL_BATCH, workers=workers, pin=device.type == "cuda"))
+    return dict(test_images=test_set.images.to(device), test_labels=test_set.labels.to(device))
+
+
+def clean_test_accuracy(backbone: nn.Module, data: dict, *, device: torch.device, autocast: bool) -> float:
+    """Clean test accuracy on ``clean_test_data``'s split."""
+    if "test_loader" in data:
+        hits = total = 0
+        for x, y in data["test_loader"]:
+            pred = predict(backbone, x.to(device, non_blocking=True), autocast=autocast)
+            hits, total = hits + int((pred.cpu() == y).sum()), total + len(y)
+        return hits / max(total, 1)
+    return (predict(backbone, data["test_images"], autocast=autocast) == data["test_labels"]).double().mean().item()
+
+
+def evaluation_data(train_set, noisy, test_set, *, seed: int, device: torch.device, workers: int = 0) -> dict:
+    """On the device: the clean test split (``clean_test_data``), and the scored subset of flipped training samples
+    with both labels (at most MEMO_SAMPLES; from a streamed split, decoded into memory once)."""
     memo = memo_index(noisy.flipped, seed)
-    return dict(test_images=test_set.images.to(device), test_labels=test_set.labels.to(device),
-                memo_images=train_set.images[memo].to(device), memo_noisy=noisy.labels[memo].to(device),
-                memo_clean=train_set.labels[memo].to(device))
+    memo_images = train_set.images[memo] if train_set.images is not None else train_set.decode(memo)
+    return dict(clean_test_data(test_set, device=device, workers=workers), memo_images=memo_images.to(device),
+                memo_noisy=noisy.labels[memo].to(device), memo_clean=train_set.labels[memo].to(device))
 
 
-def evaluate(backbone: nn.Module, data: dict[str, torch.Tensor], *, autocast: bool) -> dict[str, float]:
+def evaluate(backbone: nn.Module, data: dict, *, autocast: bool) -> dict[str, float]:
     """Clean test accuracy and the memorisation rates of the flipped subset (NaN when it is empty)."""
-    test_acc = (predict(backbone, data["test_images"], autocast=autocast) == data["test_labels"]).double().mean()
+    test_acc = clean_test_accuracy(backbone, data, device=data["memo_images"].device, autocast=autocast)
     pred = predict(backbone, data["memo_images"], autocast=autocast)
     scored = len(data["memo_images"]) > 0
-    return dict(test_acc=test_acc.item(),
+    return dict(test_acc=test_acc,
                 memo_noisy=(pred == data["memo_noisy"]).double().mean().item() if scored else math.nan,
                 memo_clean=(pred == data["memo_clean"]).double().mean().item() if scored else math.nan)
 

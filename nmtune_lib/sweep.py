@@ -183,9 +183,12 @@ def _pool(jobs: int) -> futures.ProcessPoolExecutor:
 
 def preflight(config: StudyConfig, extra: dict[str, Any]) -> None:
     """Checks that need no run folder, run before any is written: the device exists and the pre-training data is
-    readable where the config says (a damaged or missing dataset file is named)."""
+    readable where the config says (a damaged or missing dataset file is named), and so are the user's
+    pretrained weights, if any."""
     from .data import pretraining_data
     from .models import resolve_device
+    from .pretrained import check_pretrained
+    from .tasks import missing_data
 
     device = extra.get("device", config.device)
     try:
@@ -193,9 +196,14 @@ def preflight(config: StudyConfig, extra: dict[str, Any]) -> None:
     except (RuntimeError, ValueError) as err:
         raise ValueError(f"device {device!r}: {err}") from None
     try:
+        check_pretrained(config)
         pretraining_data(config)
     except (FileNotFoundError, ValueError) as err:
         raise ValueError(str(err)) from None
+    missing = missing_data(config.task_suite, config.data_root, config.tasks)
+    if missing:
+        raise ValueError(f"task_suite {config.task_suite!r} lacks {len(missing)} dataset(s) (looked for): "
+                         f"{'; '.join(missing)}")
 
 
 def sweep(study: Study, overrides: dict[str, Any], *, jobs: int = 1, summary: bool = True,

@@ -39,8 +39,10 @@ from .data import ImageSet, load_dataset, stratified_subset
 
 DOMAINS = ("real", "sketch", "painting", "clipart")
 IN_DOMAIN = "in_domain"
-SUITES = ("default", "domainnet")
-ABLATION_TASKS = {"default": "fmnist_domains_real", "domainnet": "domainnet_real"}  # each suite's ablation task
+SUITES = ("default", "domainnet", "paper")
+ABLATION_TASKS = {"default": "fmnist_domains_real", "domainnet": "domainnet_real", "paper": "domainnet_real"}
+DEFAULT_TASKS = ("fashion_mnist", "mnist5k", "uci_digits", "fmnist_domains_real", "fmnist_domains_sketch",
+                 "digits_shift")
 TASK_SPLIT_SEED = 0  # the head-train / head-test halves of Fashion-MNIST test are fixed for every run
 
 
@@ -164,35 +166,104 @@ def default_suite(*, task_subset: int = 0, data_root: str | None = None, include
     return tasks
 
 
-def domainnet_suite(*, data_root: str | None, img_size: int, task_subset: int = 0) -> list[Task]:
+def missing_data(name: str, data_root: str | None, include: tuple[str, ...] = ()) -> list[str]:
+    """What suite ``name`` (its tasks ``include``; () = all) lacks under ``data_root``: one line per missing dataset,
+    naming the path looked for. Empty for the built-in ``default`` suite and when everything is there."""
+    from pathlib import Path
+
+    from .image_folders import DOMAINNET_OOD_DOMAINS
+    from .paper_data import PAPER_ID_DATASETS
+
+    if name == "default":
+        return []
+    if not data_root:
+        return [f"data_root is not set (task_suite {name!r} reads its datasets from <data_root>)"]
+    root = Path(data_root).expanduser()
+    wanted = set(include or suite_task_names(name))
+    out = []
+    if name == "paper":
+        for dataset, spec in PAPER_ID_DATASETS.items():
+            paths = dict.fromkeys(root / spec.required[split] for split in ("train", "test"))
+            out += [f"{dataset}: {path}" for path in paths if dataset in wanted and not path.exists()]
+    if wanted & {f"domainnet_{d}" for d in ("real", "sketch")}:
+        out += [f"domainnet {d}: {root / 'domainnet' / d}" for d in DOMAINNET_OOD_DOMAINS
+                if not (root / "domainnet" / d).is_dir()]
+    return out
+
+
+def suite_task_names(name: str) -> tuple[str, ...]:
+    """The task names of suite ``name``, without loading anything."""
+    from .paper_data import PAPER_ID_DATASETS
+
+    domainnet = ("domainnet_real", "domainnet_sketch")
+    return {"default": DEFAULT_TASKS, "domainnet": domainnet, "paper": (*PAPER_ID_DATASETS, *domainnet)}[name]
+
+
+def domainnet_suite(*, data_root: str | None, img_size: int, task_subset: int = 0,
+                    include: tuple[str, ...] = ()) -> list[Task]:
     """DomainNet from ``<data_root>/domainnet`` (see the module docstring); ``task_subset`` caps each set (a seeded,
     class-stratified subset)."""
     from pathlib import Path
 
     from .image_folders import DOMAINNET_OOD_DOMAINS, domainnet_folder
-    from .image_sets import to_image_set
 
-    if not data_root:
-        raise ValueError("task_suite 'domainnet' reads <data_root>/domainnet/<domain>/<class>/*: set data_root")
+    _check_present("domainnet", data_root, include)
     root = Path(data_root).expanduser() / "domainnet"
-    missing = [str(root / d) for d in DOMAINNET_OOD_DOMAINS if not (root / d).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"task_suite 'domainnet': missing domain folder(s) {', '.join(missing)}; expected "
-                                f"{root}/<domain>/<class>/*.jpg for the domains {', '.join(DOMAINNET_OOD_DOMAINS)}")
 
     def load(domain: str, split: str) -> ImageSet:
-        return to_image_set(domainnet_folder(root, domain, split), img_size=img_size, progress=False,
-                            max_samples=task_subset or None, seed=TASK_SPLIT_SEED, name=f"domainnet_{domain}/{split}")
+        return _decode(domainnet_folder(root, domain, split), img_size, task_subset, f"domainnet_{domain}/{split}")
 
-    tests = {d: load(d, "test") for d in DOMAINNET_OOD_DOMAINS}
-    return [Task(f"domainnet_{d}", "ood", load(d, "train"), tests, train_domain=d) for d in ("real", "sketch")]
+    names = [d for d in ("real", "sketch") if not include or f"domainnet_{d}" in include]
+    tests = {d: load(d, "test") for d in DOMAINNET_OOD_DOMAINS} if names else {}
+    return [Task(f"domainnet_{d}", "ood", load(d, "train"), tests, train_domain=d) for d in names]
 
 
-def task_suite(name: str = "default", *, img_size: int = 28, **kwargs) -> list[Task]:
-    """A task suite by name: ``default`` (offline, built-in data) or ``domainnet`` (from ``data_root``, decoded at
-    ``img_size``, the backbone's resolution)."""
+def paper_suite(*, data_root: str | None, img_size: int, task_subset: int = 0,
+                include: tuple[str, ...] = ()) -> list[Task]:
+    """The paper's suite (docs/paper.md §4): the 14 in-domain datasets of ``paper_data`` (one ID task each, the head
+    trained on our "train" split and tested on "test") and the two DomainNet OOD tasks, all from ``data_root`` and
+    decoded into memory at ``img_size`` (shorter side resized, centre crop: the evaluation transform). Views are
+    flipped on every task, as in the reference code (SVHN included). Every missing dataset is named first."""
+    from .paper_data import PAPER_ID_DATASETS, load_paper_dataset
+
+    _check_present("paper", data_root, include)
+    tasks = []
+    for name in PAPER_ID_DATASETS:
+        if include and name not in include:
+            continue
+        train, test = (_decode(load_paper_dataset(name, split, data_root), img_size, task_subset, f"{name}/{split}")
+                       for split in ("train", "test"))
+        tasks.append(Task(name, "id", train, {IN_DOMAIN: test}))
+    return tasks + domainnet_suite(data_root=data_root, img_size=img_size, task_subset=task_subset,
+                                   include=include or suite_task_names("domainnet"))
+
+
+def _check_present(name: str, data_root: str | None, include: tuple[str, ...]) -> None:
+    missing = missing_data(name, data_root, include)
+    if missing:
+        raise FileNotFoundError(f"task_suite {name!r}: {len(missing)} dataset folder(s) missing (looked for):\n  "
+                                + "\n  ".join(missing) + "\nLayouts: nmtune_lib.paper_data (the 14 ID datasets) and "
+                                "<data_root>/domainnet/<domain>/<class>/*.jpg; or choose tasks with --set tasks=[...]")
+
+
+def _decode(dataset, img_size: int, task_subset: int, name: str) -> ImageSet:
+    from .image_sets import to_image_set
+
+    return to_image_set(dataset, img_size=img_size, progress=False, max_samples=task_subset or None,
+                        seed=TASK_SPLIT_SEED, name=name)
+
+
+def task_suite(name: str = "default", *, img_size: int = 28, include: tuple[str, ...] = (), **kwargs) -> list[Task]:
+    """A task suite by name: ``default`` (offline, built-in data), ``domainnet`` or ``paper`` (from ``data_root``,
+    decoded at ``img_size``, the backbone's resolution). ``include`` keeps those tasks only (() = all)."""
     if name not in SUITES:
         raise ValueError(f"unknown task suite {name!r}; accepted: {', '.join(SUITES)}")
+    unknown = sorted(set(include) - set(suite_task_names(name)))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown} for task_suite {name!r}; accepted: "
+                         f"{', '.join(suite_task_names(name))}")
     if name == "domainnet":
-        return domainnet_suite(img_size=img_size, **kwargs)
-    return default_suite(**kwargs)
+        return domainnet_suite(img_size=img_size, include=include, **kwargs)
+    if name == "paper":
+        return paper_suite(img_size=img_size, include=include, **kwargs)
+    return default_suite(include=include or None, **kwargs)

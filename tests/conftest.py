@@ -62,3 +62,33 @@ def smoke_sweep(tmp_path_factory):
     result = nmtune_sweep(root, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root
+
+
+FOLDER_CLASSES = ("0_tshirt", "1_trouser", "2_pullover")
+
+
+@pytest.fixture(scope="session")
+def folder_data_root(tmp_path_factory):
+    """ImageNet-, DomainNet-, EuroSAT- and RESISC45-style folders of real images (Fashion-MNIST test images of three
+    classes as PNG files; the DomainNet domains are the default suite's renderings of them)."""
+    from PIL import Image
+
+    from nmtune_lib.data import load_dataset
+    from nmtune_lib.tasks import render_domain
+
+    def write(folder, images):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image[0].numpy()).save(folder / f"{i:04d}.png")
+
+    root = tmp_path_factory.mktemp("data")
+    test = load_dataset("fashion_mnist", "test")
+    for c, name in enumerate(FOLDER_CLASSES):
+        images = test.images[test.labels == c][:140]
+        write(root / "imagenet" / "train" / name, images[:80])
+        write(root / "imagenet" / "val" / name, images[80:100])
+        for domain in ("real", "sketch", "painting", "clipart"):
+            write(root / "domainnet" / domain / name, render_domain(images[100:140], domain))
+        for folder in ("eurosat/2750", "resisc45"):  # two of the paper's ID datasets with seeded 80/20 splits
+            write(root / folder / name, images[:20])
+    return root

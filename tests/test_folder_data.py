@@ -6,33 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 import xarray as xr
-from PIL import Image
 
-from conftest import nmtune_sweep
+from conftest import FOLDER_CLASSES as CLASSES, nmtune_sweep
 from nmtune_lib.config import StudyConfig
 from nmtune_lib.data import load_dataset
-from nmtune_lib.tasks import render_domain, task_suite
-
-CLASSES = ("0_tshirt", "1_trouser", "2_pullover")
-
-
-def _write(folder, images: torch.Tensor) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(images):
-        Image.fromarray(image[0].numpy()).save(folder / f"{i:04d}.png")
+from nmtune_lib.paper_data import PAPER_ID_DATASETS
+from nmtune_lib.sweep import preflight
+from nmtune_lib.tasks import IN_DOMAIN, task_suite
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    test = load_dataset("fashion_mnist", "test")
-    for c, name in enumerate(CLASSES):
-        images = test.images[test.labels == c][:140]
-        _write(root / "imagenet" / "train" / name, images[:80])
-        _write(root / "imagenet" / "val" / name, images[80:100])
-        for domain in ("real", "sketch", "painting", "clipart"):
-            _write(root / "domainnet" / domain / name, render_domain(images[100:140], domain))
-    return root
+def data_root(folder_data_root):
+    return folder_data_root
 
 
 def test_folder_dataset_and_suite_load_at_the_configured_size(data_root):
@@ -48,12 +33,38 @@ def test_folder_dataset_and_suite_load_at_the_configured_size(data_root):
     assert StudyConfig.from_preset("smoke", task_suite="domainnet").ablation_task == "domainnet_real"
 
 
+@pytest.mark.filterwarnings("ignore:.*found 3 classes")  # fewer classes than the real datasets
+def test_paper_suite_builds_the_chosen_id_and_ood_tasks_at_the_backbone_resolution(data_root):
+    tasks = task_suite("paper", data_root=str(data_root), img_size=24,
+                       include=("eurosat", "resisc45", "domainnet_sketch"))
+    assert [(t.name, t.kind, t.train_domain) for t in tasks] == [
+        ("eurosat", "id", IN_DOMAIN), ("resisc45", "id", IN_DOMAIN), ("domainnet_sketch", "ood", "sketch")]
+    eurosat = tasks[0]
+    assert eurosat.train.images.shape == (48, 3, 24, 24) and len(eurosat.tests[IN_DOMAIN]) == 12  # 80/20 of 60
+    assert eurosat.train.classes == CLASSES and all(t.flip for t in tasks)  # flips everywhere, as the reference
+    assert set(tasks[2].tests) == {"real", "sketch", "painting", "clipart"}
+
+
 def test_missing_folders_are_named_before_anything_is_decoded(data_root, tmp_path):
     (tmp_path / "domainnet" / "real").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="sketch.*painting.*clipart"):
+    with pytest.raises(FileNotFoundError, match="(?s)sketch.*painting.*clipart"):
         task_suite("domainnet", data_root=str(tmp_path), img_size=28)
     with pytest.raises(ValueError, match="set data_root"):
         load_dataset("imagenet", "train", None)
+    with pytest.raises(FileNotFoundError) as err:  # every missing dataset of the paper suite, with its path
+        task_suite("paper", data_root=str(tmp_path), img_size=28)
+    for name in PAPER_ID_DATASETS:
+        assert f"\n  {name}: {tmp_path}/" in str(err.value), name
+    assert str(tmp_path / "domainnet" / "clipart") in str(err.value)
+    config = StudyConfig.from_preset("smoke", task_suite="paper", data_root=str(tmp_path), dataset="mnist5k",
+                                     tasks=["eurosat", "domainnet_real"])
+    with pytest.raises(ValueError, match=r"lacks 4 dataset\(s\).*eurosat: .*domainnet sketch") as err:
+        preflight(config, {})  # what the sweep checks before any run folder is written
+    assert "resisc45" not in str(err.value)
+    with pytest.raises(ValueError, match="config tasks=.*names of task_suite 'paper'"):
+        StudyConfig.from_preset("smoke", task_suite="paper", tasks=["cifar11"])
+    with pytest.raises(ValueError, match="ablation_task='domainnet_real' is not among tasks"):
+        StudyConfig.from_preset("smoke", task_suite="paper", tasks=["eurosat"])
     with pytest.raises(FileNotFoundError, match="imagenet/train"):
         load_dataset("imagenet", "train", tmp_path)
 

@@ -3,13 +3,14 @@ import pytest
 import torch
 
 from conftest import needs_fmnist
-from nmtune_lib.tasks import DOMAINS, IN_DOMAIN, default_suite, render_domain, task_suite
+from nmtune_lib.tasks import DOMAINS, IN_DOMAIN, default_suite, render_domain, suite_task_names, task_suite
 
 
 @needs_fmnist
 def test_default_suite_layout_and_no_reuse_of_the_pretraining_split():
     tasks = {t.name: t for t in default_suite(task_subset=300)}
     assert [t.kind for t in tasks.values()] == ["id"] * 3 + ["ood"] * 3
+    assert tuple(tasks) == suite_task_names("default")  # the names the config checks `tasks` against
     fm = tasks["fashion_mnist"]
     assert fm.train.name.startswith("fashion_mnist/head_train") and list(fm.tests) == [IN_DOMAIN]
     train_keys = {bytes(x.numpy()) for x in fm.train.images}
