@@ -14,6 +14,7 @@ Paper-scale loaders live in ``paper_data`` (torchvision datasets) and ``image_fo
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import shutil
@@ -61,6 +62,7 @@ class ImageSet(LabelledSplit):
     labels: torch.Tensor
     classes: tuple[str, ...]
     name: str
+    file_list_sha256: str = ""  # decoded from a folder: the hash of its (file, label) list (``file_list_sha256``)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -114,6 +116,17 @@ def folder_files(name: str, split: str, root):
         raise ValueError(f"dataset {name!r} is read from <data_root>/{name}/ ({name}-style class folders): set "
                          "data_root, e.g. --set data_root=/data")
     return imagenet_folder(Path(root).expanduser() / name, split)
+
+
+def file_list_sha256(samples, root) -> str:
+    """sha256 of a folder split's (path relative to ``root``, label) list: which files, in which order, with which
+    label. The noise manifest of a folder run records it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path, label in samples:
+        digest.update(f"{Path(path).relative_to(root).as_posix()}\t{label}\n".encode())
+    return digest.hexdigest()
 
 
 def _folder_dataset(name: str, split: str, root, img_size: int, max_samples: int | None = None,
@@ -263,7 +276,14 @@ def pretraining_data(config) -> tuple[ImageSet, ImageSet]:
     else:
         train, test = (load_dataset(config.dataset, split, root, img_size=size) for split in ("train", "test"))
     if config.train_subset:
-        train = train.subset(stratified_subset(train.labels, config.train_subset, SPLIT_SEED))
+        index = stratified_subset(train.labels, config.train_subset, SPLIT_SEED)
+        train = train.subset(index)
+    if config.dataset in FOLDER_DATASETS and not getattr(config, "stream", False):  # the files behind the tensor
+        samples = folder_files(config.dataset, "train", root).samples
+        if config.train_subset:
+            samples = [samples[i] for i in index.tolist()]
+        digest = file_list_sha256(samples, Path(root).expanduser() / config.dataset)
+        train = dataclasses.replace(train, file_list_sha256=digest)
     return train, test
 
 

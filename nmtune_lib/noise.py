@@ -261,8 +261,8 @@ def noisy_labels_for_run(run: Run, train_set) -> NoisyLabels:
         warnings.warn(f"{damaged} is damaged or missing; rewritten from the run's seed (manifest "
                       f"{fresh.manifest_hash[:12]})")
     extra = {"dataset": train_set.name}
-    if hasattr(train_set, "file_list_sha256"):  # a streamed folder: which files the labels belong to
-        extra["file_list_sha256"] = train_set.file_list_sha256()
+    if getattr(train_set, "file_list_sha256", ""):  # a folder dataset: which files the labels belong to
+        extra["file_list_sha256"] = train_set.file_list_sha256
     write_manifest(fresh, run.dir, extra=extra)
     return fresh
 

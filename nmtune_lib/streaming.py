@@ -2,7 +2,7 @@
 
 ``streamed_split(name, split, root, img_size)`` scans an ImageNet-style folder (``image_folders``) into a
 ``StreamedSplit``: the file list and clean labels only, which is all that noise injection and the run's manifest
-need (the manifest records ``file_list_sha256``, the hash of the sorted (relative path, label) list). Pre-training
+need (the manifest records ``file_list_sha256``, the hash of its (relative path, label) list). Pre-training
 (``pretrain``) then reads the images through a ``DataLoader`` every epoch:
 
 - training: ``RandomResizedCrop(img_size)`` (torchvision's default scale (0.08, 1) and ratio (3/4, 4/3)) and a
@@ -16,7 +16,6 @@ need (the manifest records ``file_list_sha256``, the hash of the sorted (relativ
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,12 +51,12 @@ class StreamedSplit(LabelledSplit):
         return StreamedSplit(FileListDataset(samples, self.classes, self.files.name), self.labels[index],
                              self.classes, name or self.name, self.img_size, self.root)
 
+    @property
     def file_list_sha256(self) -> str:
-        """sha256 of the (path relative to the data root, label) list: which files, in which order, with which label."""
-        digest = hashlib.sha256()
-        for path, label in self.files.samples:
-            digest.update(f"{Path(path).relative_to(self.root).as_posix()}\t{label}\n".encode())
-        return digest.hexdigest()
+        """``data.file_list_sha256`` of this split's files (recorded in the noise manifest)."""
+        from .data import file_list_sha256
+
+        return file_list_sha256(self.files.samples, self.root)
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
         """uint8 K×3×S×S images ``index`` through the evaluation transform (the memorisation subset)."""

@@ -37,8 +37,14 @@ def test_streamed_split_is_a_scanned_file_list_recorded_in_the_manifest(folder_d
     noisy = noisy_labels_for_run(run, train)
     assert int(noisy.flipped.sum()) == 48
     manifest = json.loads(run.manifest.read_text())
-    assert manifest["file_list_sha256"] == train.file_list_sha256() and manifest["dataset"] == "imagenet/train"
-    assert train.subset(torch.arange(10)).file_list_sha256() != train.file_list_sha256()
+    assert manifest["file_list_sha256"] == train.file_list_sha256 and manifest["dataset"] == "imagenet/train"
+    assert train.subset(torch.arange(10)).file_list_sha256 != train.file_list_sha256
+    # the in-memory path records the same files' hash, and a subset's own
+    in_memory, _ = pretraining_data(config.replace(stream=False))
+    assert in_memory.images is not None and in_memory.file_list_sha256 == train.file_list_sha256
+    subset, _ = pretraining_data(config.replace(stream=False, train_subset=30))
+    assert subset.file_list_sha256 == pretraining_data(config.replace(train_subset=30))[0].file_list_sha256
+    assert subset.file_list_sha256 != train.file_list_sha256
 
 
 def test_streamed_pretraining_learns_and_replays_exactly_with_workers_and_after_resume(folder_data_root, tmp_path):
