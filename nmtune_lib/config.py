@@ -19,7 +19,8 @@ from typing import Any, Sequence, get_type_hints
 from . import reference as ref
 from .reference import METHODS
 
-NOISE_KINDS = ("symmetric", "asymmetric", "instance")
+NOISE_KINDS = ("symmetric", "asymmetric", "instance", "caption_swap")  # caption_swap: objective=clip only
+OBJECTIVES = ("supervised", "clip")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HEAD_MODES = ("cached", "online")
 CENTERINGS = ("column", "row", "none")
@@ -41,6 +42,7 @@ class StudyConfig:
     noise_kind: str = "symmetric"  # one of NOISE_KINDS
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # >= 5: a verdict must not hinge on one lucky t-interval
     # --- pre-training ---------------------------------------------------------------------------------------
+    objective: str = "supervised"  # supervised (noisy labels, SGD) | clip (image–text, noisy captions, AdamW)
     model: str = "resnet_tiny"  # a timm model name (our small ResNets are registered with timm; see models.py)
     small_stem: bool = False  # 3x3 stride-1 stem without max-pool for 28-32 px images
     img_size: int = 28
@@ -51,6 +53,8 @@ class StudyConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
+    clip_lr: float = 5e-4  # objective=clip: peak learning rate of AdamW (open_clip's default, the paper's CLIP lr)
+    clip_weight_decay: float = 0.2  # objective=clip: AdamW weight decay (open_clip's default)
     compile: bool = False  # torch.compile on CUDA
     stream: bool = False  # folder datasets: read the images from disk every epoch (DataLoader), not decoded in memory
     loader_workers: int = 4  # DataLoader worker processes when streaming
@@ -150,6 +154,7 @@ class StudyConfig:
                 "batch_size", "lr", "momentum", "weight_decay", "label_smoothing")
         # these only when set, so that the keys of earlier runs stay what they were
         keys += tuple(k for k in ("pretrained", "stream") if getattr(self, k))
+        keys += ("objective", "clip_lr", "clip_weight_decay") if self.objective != "supervised" else ()
         return {k: getattr(self, k) for k in keys}
 
 
@@ -166,6 +171,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # grid and heads, pre-trained 40 epochs on 6,000 of the 60,000 images (51 parameters per image; at 60k images
     # resnet_tiny predicts the flipped label for ~1 % of flipped samples at any schedule, at 6k for 22.7 %).
     "converged": dict(train_subset=6000, epochs=40),
+    # The default study pre-trained as CLIP on captions of the same images, 0-30 % of them swapped (README, "CLIP").
+    # AdamW as open_clip trains ResNets (clip_lr 5e-4, clip_weight_decay 0.2, betas 0.9 / 0.999); the schedule ours.
+    "clip": dict(objective="clip", noise_kind="caption_swap", seeds=(0, 1, 2)),
     # The embedded study on a GPU: a ResNet-18 with a small-image stem, longer schedule, online views.
     "gpu": dict(
         model="resnet18", small_stem=True, img_size=32, epochs=30, batch_size=512, lr=0.4, device="cuda",
@@ -304,6 +312,12 @@ def _check_values(cfg: StudyConfig) -> None:
     need(len(cfg.noise_ratios) > 0 and all(0.0 <= r < 1.0 for r in cfg.noise_ratios), "noise_ratios",
          "a non-empty list of fractions in [0, 1)")
     need(cfg.noise_kind in NOISE_KINDS, "noise_kind", f"one of {', '.join(NOISE_KINDS)}")
+    need(cfg.objective in OBJECTIVES, "objective", f"one of {', '.join(OBJECTIVES)}")
+    need((cfg.objective == "clip") == (cfg.noise_kind == "caption_swap"), "noise_kind",
+         "caption_swap with objective=clip (captions are what CLIP pre-training reads), and a label-noise kind "
+         f"({', '.join(k for k in NOISE_KINDS if k != 'caption_swap')}) with objective=supervised")
+    need(cfg.objective == "supervised" or not (cfg.stream or cfg.pretrained), "objective",
+         "supervised with stream or pretrained (CLIP pre-training reads its images in memory)")
     need(len(cfg.seeds) > 0 and all(s >= 0 for s in cfg.seeds), "seeds", "a non-empty list of integers >= 0")
     need(len(set(cfg.seeds)) == len(cfg.seeds), "seeds", "distinct seeds")
     need(cfg.img_size >= 8, "img_size", "an integer >= 8")
@@ -316,11 +330,11 @@ def _check_values(cfg: StudyConfig) -> None:
     for name in ("epochs", "batch_size", "feature_batch_size", "head_epochs", "head_batch_size", "spectrum_top_k",
                  "svd_top_k"):
         need(getattr(cfg, name) > 0, name, "a positive integer")
-    for name in ("lr", "lp_lr", "mlp_lr"):
+    for name in ("lr", "lp_lr", "mlp_lr", "clip_lr"):
         need(getattr(cfg, name) > 0, name, "a positive float")
     for name in ("momentum", "label_smoothing"):
         need(0.0 <= getattr(cfg, name) < 1.0, name, "a float in [0, 1)")
-    for name in ("weight_decay", "head_weight_decay", "w_mse", "w_cov", "w_svd"):
+    for name in ("weight_decay", "head_weight_decay", "w_mse", "w_cov", "w_svd", "clip_weight_decay"):
         need(getattr(cfg, name) >= 0, name, "a float >= 0")
     need(cfg.spectrum_split in ("train", "test"), "spectrum_split", "'train' or 'test'")
     need(cfg.spectrum_samples >= 0, "spectrum_samples", "0 (all) or a positive sample count")

@@ -24,15 +24,19 @@ DESCRIPTIONS = dict(
     memo_noisy="flipped training samples (un-augmented) predicted as their noisy label",
     memo_clean="flipped training samples (un-augmented) predicted as their clean label",
     seconds="wall-clock seconds since the run started (evaluation included)",
-    images_per_s="training images per second in this epoch")
+    images_per_s="training images per second in this epoch",
+    zero_shot_acc="objective=clip: zero-shot accuracy on the clean test split (class prompts over templates)",
+    retrieval_r1="objective=clip: image→text recall@1 over the clean test captions")
+CLIP_FIELDS = ("zero_shot_acc", "retrieval_r1")  # only in the history of a CLIP run (clip.HISTORY_EXTRA)
 
 
 def history_frame(history: list[dict[str, Any]]):
     """The per-epoch history as a pandas DataFrame (one row per epoch, columns ``HISTORY_FIELDS``)."""
     import pandas as pd
 
-    frame = pd.DataFrame(history, columns=list(HISTORY_FIELDS))
-    return frame if len(frame) else frame.astype({"epoch": "int64"} | {k: "float64" for k in HISTORY_FIELDS[1:]})
+    columns = list(HISTORY_FIELDS) + [k for k in CLIP_FIELDS if history and k in history[0]]
+    frame = pd.DataFrame(history, columns=columns)
+    return frame if len(frame) else frame.astype({"epoch": "int64"} | {k: "float64" for k in columns[1:]})
 
 
 def history_dataset(history: list[dict[str, Any]], summary: dict[str, Any] | None = None):
@@ -47,7 +51,8 @@ def history_dataset(history: list[dict[str, Any]], summary: dict[str, Any] | Non
 
     ds = xr.Dataset.from_dataframe(history_frame(history).set_index("epoch"))
     for name, text in DESCRIPTIONS.items():
-        ds[name].attrs["description"] = text
+        if name in ds:
+            ds[name].attrs["description"] = text
     if summary is not None:
         ds.attrs.update(provenance_attrs(summary["config"], checkpoint_sha256=summary["checkpoint_sha256"],
                                          manifest_sha256=summary["manifest_sha256"]))

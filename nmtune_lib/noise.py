@@ -10,6 +10,10 @@ Kinds of noise, each flipping exactly ``round(ratio · N)`` samples, chosen with
 - ``asymmetric``: each flipped sample of class i gets ``class_map[i]`` (confusable class pairs). Default map for
   Fashion-MNIST: T-shirt↔Shirt, Pullover↔Coat, Sneaker↔Ankle boot, Trouser↔Dress, Sandal→Sneaker (Bag has no
   confusable partner and is never flipped); for any other dataset the cyclic map i → i + 1 mod C.
+- ``caption_swap`` (the paper's image–text noise, for ``objective=clip``): exactly ``round(ratio · N)`` samples get
+  another sample's caption (a seeded derangement of a random subset, ``caption_derangement``); ``caption_source``
+  says whose, ``flipped`` marks them, ``labels`` is the class each caption describes (the transition counts clean
+  class → caption class).
 - ``instance`` (in the style of Xia et al., 2020): which samples flip, and to which class, depends on the image through
   a fixed seeded random projection: flipped samples are drawn without replacement with weights exp(x·v) (v a random
   unit direction over standardised pixels), and the new class is drawn from softmax(x·W) over the other classes.
@@ -29,7 +33,7 @@ import torch
 
 from .config import NOISE_KINDS
 from .files import atomic_write, atomic_write_json
-from .run import MANIFEST, NOISY_LABELS, Run
+from .run import CAPTIONS, MANIFEST, NOISY_LABELS, Run
 
 FASHION_MNIST_MAP = {0: 6, 6: 0, 2: 4, 4: 2, 7: 9, 9: 7, 1: 3, 3: 1, 5: 7}
 ASYMMETRIC_MAPS = {"fashion_mnist": FASHION_MNIST_MAP}
@@ -52,6 +56,7 @@ class NoisyLabels:
     requested_ratio: float
     seed: int
     class_map: dict[int, int] | None = None
+    caption_source: torch.Tensor | None = None  # caption_swap: sample i carries sample caption_source[i]'s caption
 
     @property
     def num_classes(self) -> int:
@@ -72,6 +77,8 @@ class NoisyLabels:
             "transition_orientation": "rows = clean class, columns = noisy class, entries = counts",
             "transition": self.transition.tolist(),
             "class_map": {str(k): v for k, v in self.class_map.items()} if self.class_map else None,
+            **({"caption_source_sha256": labels_sha256(self.caption_source)} if self.caption_source is not None
+               else {}),
         }
 
     @property
@@ -115,12 +122,35 @@ def inject_label_noise(labels: torch.Tensor | np.ndarray | Sequence[int], ratio:
     elif kind == "asymmetric":
         used_map = dict(class_map) if class_map is not None else {i: (i + 1) % num_classes for i in range(num_classes)}
         noisy = _flip_asymmetric(clean, n_flip, used_map, num_classes, gen, ratio=ratio)
+    elif kind == "caption_swap":
+        source = caption_derangement(len(clean), n_flip, gen)
+        swapped = source != torch.arange(len(clean))
+        noisy = clean[source]  # the class each caption describes
+        return NoisyLabels(labels=noisy, clean=clean, flipped=swapped, ratio=int(swapped.sum()) / len(clean),
+                           transition=transition_counts(clean, noisy, num_classes), kind=kind,
+                           requested_ratio=ratio, seed=int(seed), caption_source=source)
     else:
         noisy = _flip_instance(clean, n_flip, images, num_classes, gen)
     flipped = noisy != clean
     return NoisyLabels(labels=noisy, clean=clean, flipped=flipped, ratio=int(flipped.sum()) / len(clean),
                        transition=transition_counts(clean, noisy, num_classes), kind=kind, requested_ratio=ratio,
                        seed=int(seed), class_map=used_map)
+
+
+def caption_derangement(n: int, m: int, gen: torch.Generator) -> torch.Tensor:
+    """Caption sources (int64 N, i → the sample whose caption i gets) that derange a random subset of ``m`` samples:
+    the subset is permuted by Sattolo's algorithm (one m-cycle, no fixed points), so exactly ``m`` samples carry
+    another sample's caption and the rest their own."""
+    if m == 1:
+        raise ValueError(f"swapping 1 of {n} captions cannot be a derangement; use 0 or ≥ 2 (a ratio ≥ 2/{n})")
+    subset = torch.randperm(n, generator=gen)[:m].tolist()
+    order = list(range(m))
+    for i in range(m - 1, 0, -1):  # Sattolo: j < i, so the permutation is one m-cycle
+        j = int(torch.randint(0, i, (1,), generator=gen))
+        order[i], order[j] = order[j], order[i]
+    source = torch.arange(n)
+    source[subset] = torch.tensor([subset[k] for k in order], dtype=torch.int64)
+    return source
 
 
 def _check_noise(clean: torch.Tensor, ratio: float, kind: str, num_classes: int | None) -> tuple[int, float]:
@@ -191,30 +221,14 @@ def _flip_instance(clean: torch.Tensor, n_flip: int, images: torch.Tensor | None
 
 
 def swap_captions(captions: Sequence[Any], ratio: float, seed: int = 0) -> tuple[list[Any], np.ndarray]:
-    """Image–text noise (docs/paper.md §2): derange a random subset of ``round(ratio · N)`` captions.
-
-    Returns the new caption list and a bool mask of the samples whose caption is now another sample's. The subset is
-    permuted by Sattolo's algorithm (a single cycle), which has no fixed points, so exactly that many captions are
-    wrong (by index).
-    """
+    """Image–text noise (docs/paper.md §2) on a list: derange a random subset of ``round(ratio · N)`` captions
+    (``caption_derangement``, seeded as ``inject_label_noise(..., kind="caption_swap")``). Returns the new caption
+    list and a bool mask of the samples whose caption is now another sample's."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"caption swap ratio {ratio!r} is outside the accepted range [0, 1)")
     n = len(captions)
-    m = int(round(ratio * n))
-    if m == 1:
-        raise ValueError(f"ratio {ratio} of {n} captions swaps 1 caption, which cannot be deranged; use 0 or ≥ 2/{n}")
-    gen = torch.Generator().manual_seed(int(seed))
-    subset = torch.randperm(n, generator=gen)[:m].tolist()
-    order = list(range(m))
-    for i in range(m - 1, 0, -1):  # Sattolo: j < i, so the permutation is one m-cycle
-        j = int(torch.randint(0, i, (1,), generator=gen))
-        order[i], order[j] = order[j], order[i]
-    out = list(captions)
-    for dst, src in zip(subset, order):
-        out[dst] = captions[subset[src]]
-    wrong = np.zeros(n, dtype=bool)
-    wrong[subset] = True
-    return out, wrong
+    source = caption_derangement(n, int(round(ratio * n)), torch.Generator().manual_seed(int(seed)))
+    return [captions[j] for j in source.tolist()], (source != torch.arange(n)).numpy()
 
 
 # --- manifests on disk -------------------------------------------------------------------------------------------
@@ -263,8 +277,22 @@ def noisy_labels_for_run(run: Run, train_set) -> NoisyLabels:
     extra = {"dataset": train_set.name}
     if getattr(train_set, "file_list_sha256", ""):  # a folder dataset: which files the labels belong to
         extra["file_list_sha256"] = train_set.file_list_sha256
+    if kind == "caption_swap":  # the captions the derangement moves, each a function of (its image, the seed)
+        extra["captions_sha256"] = write_captions(run, train_set)
     write_manifest(fresh, run.dir, extra=extra)
     return fresh
+
+
+def write_captions(run: Run, train_set) -> str:
+    """``captions.json`` of the run (every training image's own caption, ``nmtune_lib.captions``); returns the
+    sha256 of its caption list."""
+    from .captions import captions_for
+
+    captions = captions_for(train_set.images, train_set.labels, train_set.classes, run.seed)
+    digest = hashlib.sha256(json.dumps(captions).encode()).hexdigest()
+    run.dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.dir / CAPTIONS, dict(seed=int(run.seed), captions_sha256=digest, captions=captions))
+    return digest
 
 
 def _readable(path: Path, read: Callable[[], Any]) -> Any:

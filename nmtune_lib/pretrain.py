@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from . import clip
 from .checkpoints import cpu_state, finished_summary, generator_state, load_checkpoint, save_checkpoint
 from .distributed import Distributed, device_for, torch_threads
 from .files import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256
@@ -42,7 +43,7 @@ from .augment import to_float
 from .recipe import (FLIP, RECIPE, augment_batch, check_inputs, epoch_seed, evaluate, evaluation_data, make_optimizer,
                      run_key, train_step)
 from .results import save_dataset
-from .run import Run
+from .run import CLIP_MODEL, Run
 
 
 # --- the run --------------------------------------------------------------------------------------------------------
@@ -81,7 +82,8 @@ def pretrain(run: Run, train_set, noisy, test_set, *, stop_after: int | None = N
             raise RuntimeError(f"rank {dist.rank} sees checkpoint epoch {start}, rank 0 another: the ranks must share "
                                f"{run.dir}")
         with torch_threads(device, config, dist.local_world) as threads:
-            loop = _set_up(run, train_set, noisy, device=device, dist=dist, key=key, ckpt=ckpt, start_wall=start_wall)
+            loop = _set_up(run, train_set, noisy, test_set, device=device, dist=dist, key=key, ckpt=ckpt,
+                           start_wall=start_wall)
             return _train(loop, train_set, noisy, test_set, stop_after=stop_after, threads=threads)
     finally:
         dist.close()
@@ -103,6 +105,7 @@ class _Loop:
     images: torch.Tensor | None  # this rank's shard of the training images (uint8, on the device); None streamed
     labels: torch.Tensor  # its noisy labels (streamed: all noisy labels, indexed by sample)
     loader: Any  # streamed: the DataLoader of this rank's shard (nmtune_lib.streaming); else None
+    texts: dict[str, torch.Tensor] | None  # objective=clip: caption and prompt tokens (clip.texts); else None
     batch: int  # per-rank batch size
     steps: int  # steps per epoch
     state: dict[str, Any]  # history, epoch, seconds, train_seconds, images_seen (as checkpointed)
@@ -114,16 +117,22 @@ class _Loop:
         return self.device.type == "cuda"
 
 
-def _set_up(run: Run, train_set, noisy, *, device, dist, key, ckpt, start_wall) -> _Loop:
+def _set_up(run: Run, train_set, noisy, test_set, *, device, dist, key, ckpt, start_wall) -> _Loop:
     """The seeded model, this rank's shard, the optimiser and schedule; their state from ``ckpt`` when resuming."""
     config = run.config
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(run.seed)
-        backbone = create_backbone(config.model, num_classes=train_set.num_classes, in_chans=train_set.shape[0],
-                                   img_size=config.img_size, small_stem=config.small_stem)
+        if config.objective == "clip":  # image tower + text tower (nmtune_lib.clip)
+            backbone = clip.build(config, train_set)
+        else:
+            backbone = create_backbone(config.model, num_classes=train_set.num_classes, in_chans=train_set.shape[0],
+                                       img_size=config.img_size, small_stem=config.small_stem)
     backbone = backbone.to(device, memory_format=torch.channels_last)
+    # CLIP trains on captions: the "labels" of a sample are the tokens of the caption it carries
+    texts = clip.texts(train_set, noisy, test_set, run.seed) if config.objective == "clip" else None
+    targets = texts["noisy"] if texts is not None else noisy.labels
 
     # This rank's shard of the training set (every ``world``-th sample): in memory, its images and labels on the
     # device; streamed (config.stream), a DataLoader over its files and all noisy labels on the device.
@@ -137,9 +146,9 @@ def _set_up(run: Run, train_set, noisy, *, device, dist, key, ckpt, start_wall) 
 
         loader = train_loader(train_set, torch.arange(len(train_set))[shard], batch=batch, seed=run.seed,
                               rank=dist.rank, workers=config.loader_workers, pin=device.type == "cuda")
-        images, labels = None, noisy.labels.to(device)
+        images, labels = None, targets.to(device)
     else:
-        images, labels = train_set.images[shard].to(device), noisy.labels[shard].to(device)
+        images, labels = train_set.images[shard].to(device), targets[shard].to(device)
 
     opt, sched = make_optimizer(backbone, config, config.epochs * steps)
     state = dict(history=[], epoch=0, seconds=0.0, train_seconds=0.0, images_seen=0)
@@ -150,7 +159,7 @@ def _set_up(run: Run, train_set, noisy, *, device, dist, key, ckpt, start_wall) 
         state = {k: ckpt[k] for k in state}
     return _Loop(run=run, device=device, dist=dist, key=key, manifest_hash=noisy.manifest_hash, backbone=backbone,
                  model=_wrap(backbone, config, device, dist), opt=opt, sched=sched, images=images, labels=labels,
-                 loader=loader, batch=batch, steps=steps, state=state,
+                 loader=loader, texts=texts, batch=batch, steps=steps, state=state,
                  seconds_before=float(ckpt["seconds"]) if ckpt else 0.0, start_wall=start_wall)
 
 
@@ -171,15 +180,19 @@ def _train(loop: _Loop, train_set, noisy, test_set, *, stop_after: int | None, t
     config, dist = loop.run.config, loop.dist
     evaluation = None
     if dist.main:  # rank 0 evaluates: its weights are the ones written
-        evaluation = evaluation_data(train_set, noisy, test_set, seed=loop.run.seed, device=loop.device,
-                                     workers=config.loader_workers)
+        if loop.texts is not None:
+            evaluation = clip.evaluation_data(train_set, noisy, test_set, loop.texts, seed=loop.run.seed,
+                                              device=loop.device)
+        else:
+            evaluation = evaluation_data(train_set, noisy, test_set, seed=loop.run.seed, device=loop.device,
+                                         workers=config.loader_workers)
         if loop.state["epoch"]:
             _say(config, f"{loop.run.dir}: resuming after epoch {loop.state['epoch']}/{config.epochs}")
     last = config.epochs if stop_after is None else min(config.epochs, stop_after)
     for epoch in range(loop.state["epoch"], last):
         loss_total, hits, train_time = _train_epoch(loop, epoch)
         row = _epoch_row(loop, epoch, loss_total, hits, train_time, evaluation)
-        loop.state["history"].append({k: row[k] for k in HISTORY_FIELDS})
+        loop.state["history"].append({k: row[k] for k in (*HISTORY_FIELDS, *clip.HISTORY_EXTRA) if k in row})
         loop.state.update(epoch=epoch + 1, seconds=row["seconds"],
                           train_seconds=loop.state["train_seconds"] + train_time,
                           images_seen=loop.state["images_seen"] + loop.steps * loop.batch * dist.world)
@@ -207,11 +220,15 @@ def _train_epoch(loop: _Loop, epoch: int) -> tuple[float, float, float]:
     hit_sum = torch.zeros((), device=device)
     bar = _bar(config.progress and dist.main, loop.steps, f"epoch {epoch + 1}/{config.epochs}")
     for step, (x, y) in enumerate(_batches(loop, epoch, gen)):
-        loss, logits = train_step(loop.model, loop.opt, x, y, autocast=loop.cuda,
-                                  label_smoothing=config.label_smoothing)
+        if loop.texts is not None:  # y: caption tokens
+            loss, hits = clip.train_step(loop.model, loop.backbone, loop.opt, x, y, autocast=loop.cuda)
+        else:
+            loss, logits = train_step(loop.model, loop.opt, x, y, autocast=loop.cuda,
+                                      label_smoothing=config.label_smoothing)
+            hits = (logits.argmax(1) == y).sum()
         loop.sched.step()
         loss_sum += loss
-        hit_sum += (logits.argmax(1) == y).sum()
+        hit_sum += hits
         if bar is not None and (step % 10 == 9 or step == loop.steps - 1):  # .item() syncs: not every step
             rate = (step + 1) * loop.batch * dist.world / (time.perf_counter() - t0)
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.3f}", img_s=f"{rate:.0f}", refresh=False)
@@ -247,7 +264,8 @@ def _epoch_row(loop: _Loop, epoch: int, loss_total: float, hits: float, train_ti
     row = dict(epoch=epoch + 1, train_loss=loss_total / (loop.steps * loop.dist.world), train_acc_noisy=hits / seen,
                lr=loop.sched.get_last_lr()[0], images_per_s=seen / train_time)
     if loop.dist.main:
-        row.update(evaluate(loop.backbone, evaluation, autocast=loop.cuda))
+        measure = clip.evaluate if loop.texts is not None else evaluate
+        row.update(measure(loop.backbone, evaluation, autocast=loop.cuda))
     row["seconds"] = loop.seconds_before + time.perf_counter() - loop.start_wall
     return loop.dist.broadcast(row if loop.dist.main else None)
 
@@ -266,6 +284,13 @@ def _finish(loop: _Loop, noisy, *, threads: int) -> dict[str, Any]:
     """Write backbone.pt, history.csv/.nc, then pretrain.json (last); return the summary."""
     run, config, backbone, state = loop.run, loop.run.config, loop.backbone, loop.state
     history = state["history"]
+    extra = {}
+    if loop.texts is not None:  # CLIP: the whole model to clip.pt, the image tower to backbone.pt (notebooks 03-05)
+        atomic_torch_save(run.dir / CLIP_MODEL, dict(model=cpu_state(backbone),
+                                                     vocab_size=backbone.text.token.num_embeddings))
+        extra = {k: history[-1][k] for k in clip.HISTORY_EXTRA}
+        extra["clip_sha256"] = file_sha256(run.dir / CLIP_MODEL)
+        backbone = backbone.backbone
     meta = dict(name=config.model, num_classes=int(backbone.net.num_classes), in_chans=backbone.in_chans,
                 img_size=backbone.img_size, small_stem=config.small_stem, num_features=backbone.num_features)
     atomic_torch_save(run.backbone, dict(model=cpu_state(backbone), meta=meta))
@@ -279,7 +304,7 @@ def _finish(loop: _Loop, noisy, *, threads: int) -> dict[str, Any]:
         checkpoint_sha256=file_sha256(run.backbone), manifest_sha256=noisy.manifest_hash,
         noise_ratio=float(noisy.ratio), noise_kind=str(getattr(noisy, "kind", config.noise_kind)), seed=int(run.seed),
         config=config.to_dict(), run_key=loop.key, model=meta, device=_device_name(loop.device), num_threads=threads,
-        world_size=loop.dist.world, versions=_versions())
+        world_size=loop.dist.world, versions=_versions(), **extra)
     save_dataset(history_dataset(history, summary), run.history_nc, kind="history")
     summary["seconds"] = round(loop.seconds_before + time.perf_counter() - loop.start_wall, 3)
     atomic_write_json(run.pretrain_summary, summary)

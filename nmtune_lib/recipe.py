@@ -213,10 +213,17 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
 
 def make_optimizer(model: nn.Module, config, total_steps: int):
-    """SGD-Nesterov (decay on conv/linear weights only) and the per-step one-cycle schedule over ``total_steps``."""
+    """SGD-Nesterov at ``config.lr`` (``objective=clip``: AdamW at ``config.clip_lr`` with torch's default betas and
+    eps, open_clip's for ResNets, and ``config.clip_weight_decay``), weight
+    decay on matrices only (conv, linear, embeddings; not BatchNorm/LayerNorm, biases or the logit scale), and the
+    per-step one-cycle schedule over ``total_steps``."""
+    clip = getattr(config, "objective", "supervised") == "clip"
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([dict(params=decay, weight_decay=config.weight_decay),
-                           dict(params=no_decay, weight_decay=0.0)],
-                          lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    groups = [dict(params=decay, weight_decay=config.clip_weight_decay if clip else config.weight_decay),
+              dict(params=no_decay, weight_decay=0.0)]
+    if clip:
+        opt = torch.optim.AdamW(groups, lr=config.clip_lr)
+    else:
+        opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: one_cycle(s, total_steps))

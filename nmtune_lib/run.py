@@ -28,7 +28,9 @@ from .config import StudyConfig
 MANIFEST = "noise_manifest.json"  # 01: the noise, written last
 NOISY_LABELS = "noisy_labels.npy"  # 01
 CHECKPOINT = "checkpoint.pt"  # 02: after every epoch
-BACKBONE = "backbone.pt"  # 02: final weights
+BACKBONE = "backbone.pt"  # 02: final weights (objective=clip: the image tower)
+CLIP_MODEL = "clip.pt"  # 02, objective=clip: both towers and the logit scale
+CAPTIONS = "captions.json"  # 01, noise_kind=caption_swap: every training image's own caption
 HISTORY_CSV, HISTORY_NC = "history.csv", "history.nc"  # 02: per-epoch metrics
 PRETRAIN_SUMMARY = "pretrain.json"  # 02: written last
 FEATURES = "features"  # 03/04: feature cache folder
@@ -64,11 +66,12 @@ def parse_overrides(overrides: str | dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_parameters(preset: str, overrides: str | dict[str, Any] = "{}", **fields: Any) -> StudyConfig:
-    """The config of a notebook's parameters: named fields (``None`` = the preset's) plus the JSON ``overrides``.
+    """The config of a notebook's parameters: named fields (``None`` or ``""`` = the preset's) plus the JSON
+    ``overrides``.
 
     A field given both ways raises, so there is one value for each field and no silent precedence."""
     extra = parse_overrides(overrides)
-    fields = {k: v for k, v in fields.items() if v is not None}
+    fields = {k: v for k, v in fields.items() if v is not None and v != ""}
     both = sorted(set(fields) & set(extra))
     if both:
         raise ValueError(f"{', '.join(both)} given both as notebook parameter(s) and in overrides; give each once")

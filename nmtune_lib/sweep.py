@@ -346,7 +346,8 @@ def _study_from_args(args: argparse.Namespace) -> Study:
         grid["noise_kind"] = args.noise_kind
     if getattr(args, "dataset", None):
         grid["dataset"] = args.dataset
-    return Study(StudyConfig.from_preset(args.preset, **grid))
+    # the overrides too: fields that must agree with a grid field (objective=clip with noise_kind=caption_swap)
+    return Study(StudyConfig.from_preset(args.preset, **grid, **parse_assignments(getattr(args, "overrides", []))))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,154 @@
+"""Image–text pre-training with caption noise (objective=clip, noise_kind=caption_swap): captions, tokenizer, the
+derangement, the loss, and a CLIP run of the smoke preset through pre-training and the whole sweep."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import needs_fmnist, nmtune_sweep
+from nmtune_lib.captions import ATTRIBUTES, BANDS, Tokenizer, attribute_words, captions_for, class_prompts, measure
+from nmtune_lib.checkpoints import load_pretrained
+from nmtune_lib.clip import clip_loss
+from nmtune_lib.config import StudyConfig
+from nmtune_lib.data import load_dataset, pretraining_data
+from nmtune_lib.noise import inject_label_noise, noisy_labels_for_run, read_manifest
+from nmtune_lib.pretrain import pretrain
+from nmtune_lib.run import CAPTIONS, Run
+
+
+def test_clip_loss_equals_a_direct_loop_over_pairs():
+    gen = torch.Generator().manual_seed(0)
+    image = F.normalize(torch.randn(7, 5, generator=gen), dim=1)
+    text = F.normalize(torch.randn(7, 5, generator=gen), dim=1)
+    scale = torch.tensor(14.3)
+    total = 0.0
+    for i in range(7):
+        to_texts = [float(scale * image[i] @ text[j]) for j in range(7)]
+        to_images = [float(scale * text[i] @ image[j]) for j in range(7)]
+        total += -to_texts[i] + torch.logsumexp(torch.tensor(to_texts), 0).item()
+        total += -to_images[i] + torch.logsumexp(torch.tensor(to_images), 0).item()
+    assert clip_loss(image, text, scale).item() == pytest.approx(total / 14, rel=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.05, 0.3, 0.77])
+def test_caption_swap_is_an_exact_derangement_of_a_seeded_subset(ratio):
+    labels = torch.arange(1000) % 10
+    noisy = inject_label_noise(labels, ratio, kind="caption_swap", seed=3)
+    source, n = noisy.caption_source, round(ratio * 1000)
+    moved = source != torch.arange(1000)
+    assert int(moved.sum()) == n and torch.equal(moved, noisy.flipped) and noisy.ratio == n / 1000
+    assert sorted(source[moved].tolist()) == sorted(torch.nonzero(moved).squeeze(1).tolist())  # a permutation
+    assert torch.equal(noisy.labels, labels[source])  # the class each caption describes
+    again = inject_label_noise(labels, ratio, kind="caption_swap", seed=3)
+    assert torch.equal(again.caption_source, source) and again.manifest_hash == noisy.manifest_hash
+    assert "caption_source_sha256" in noisy.manifest()
+    if n:
+        other = inject_label_noise(labels, ratio, kind="caption_swap", seed=4)
+        assert not torch.equal(other.caption_source, source)
+
+
+@needs_fmnist
+def test_captions_describe_their_own_image_and_are_deterministic_per_seed():
+    images = load_dataset("fashion_mnist", "test")
+    x, y = images.images[:300], images.labels[:300]
+    captions = captions_for(x, y, images.classes, seed=0)
+    assert captions == captions_for(x, y, images.classes, seed=0)
+    assert captions != captions_for(x, y, images.classes, seed=1)
+    values, named = measure(x), attribute_words(measure(x))
+    for i, caption in enumerate(captions):
+        for attribute, (low, high) in ATTRIBUTES.items():
+            if f"{low} " in caption or f"{low}," in caption:
+                assert values[attribute][i] < BANDS[attribute][0], (caption, attribute)
+            if f"{high} " in caption or f"{high}," in caption:
+                assert values[attribute][i] > BANDS[attribute][1], (caption, attribute)
+        assert set(named[i]) >= {w for w in sum(ATTRIBUTES.values(), ()) if f"{w} " in caption or f"{w}," in caption}
+    assert sum(bool(n) for n in named) > 250  # most images get at least one attribute
+    tokenizer = Tokenizer.for_classes(images.classes)
+    tokens = tokenizer(captions + ["a photo of a zebra."])
+    eos, pad = tokenizer.vocab.index("<eos>"), 0
+    assert tokens.shape == (301, 16) and (tokens[:, 0] == tokenizer.vocab.index("<sos>")).all()
+    assert ((tokens == eos).sum(1) == 1).all() and tokens[-1, 5] == tokenizer.vocab.index("<unk>")
+    assert tokens[-1, 7] == eos and tokens[-1, 8:].eq(pad).all()
+    prompts = class_prompts(images.classes)
+    assert len(prompts) == 10 and all(len(p) >= 6 for p in prompts) and "a photo of a sweater." in prompts[2]
+
+
+def _clip_config(run_root, **changes) -> StudyConfig:
+    fields = dict(objective="clip", noise_kind="caption_swap", noise_ratios=[0.2], seeds=[0], epochs=3,
+                  num_threads=1, device="cpu", run_root=str(run_root))
+    return StudyConfig.from_preset("smoke", **{**fields, **changes})
+
+
+def test_the_objective_and_the_noise_kind_go_together():
+    with pytest.raises(ValueError, match="caption_swap with objective=clip"):
+        StudyConfig.from_preset("smoke", objective="clip")
+    with pytest.raises(ValueError, match="caption_swap with objective=clip"):
+        StudyConfig.from_preset("smoke", noise_kind="caption_swap")
+    assert StudyConfig.from_preset("clip").pretrain_key()["clip_lr"] == 5e-4
+    assert "objective" not in StudyConfig.from_preset("default").pretrain_key()  # earlier runs keep their keys
+
+
+@needs_fmnist
+def test_clip_pretraining_learns_zero_shot_records_its_captions_and_resumes_exactly(tmp_path):
+    config = _clip_config(tmp_path / "a")
+    run = Run.of(config, 0.2, 0)
+    train, test = pretraining_data(config)
+    noisy = noisy_labels_for_run(run, train)
+    manifest = read_manifest(run.dir)
+    stored = json.loads((run.dir / CAPTIONS).read_text())
+    assert manifest["kind"] == "caption_swap" and manifest["num_flipped"] == 400  # 20 % of 2,000, exactly
+    assert manifest["captions_sha256"] == stored["captions_sha256"] and len(stored["captions"]) == 2000
+    summary = pretrain(run, train, noisy, test)
+    assert summary["zero_shot_acc"] == summary["final_test_acc"] > 0.2  # ten classes: chance is 0.1
+    assert 0 <= summary["retrieval_r1"] <= 1 and summary["memo_noisy"] is not None
+    header = (run.dir / "history.csv").read_text().splitlines()[0]
+    assert "zero_shot_acc" in header and "retrieval_r1" in header
+    backbone, info = load_pretrained(run)  # the image tower, for notebooks 03-05
+    assert backbone.num_features == 128 and backbone.net.num_classes == 0 and info["clip_sha256"]
+    # interrupted after one epoch, then resumed: the same weights
+    again = Run.of(_clip_config(tmp_path / "b"), 0.2, 0)
+    assert pretrain(again, train, noisy_labels_for_run(again, train), test, stop_after=1)["finished"] is False
+    assert pretrain(again, train, noisy, test)["checkpoint_sha256"] == summary["checkpoint_sha256"]
+
+
+@needs_fmnist
+def test_the_clip_smoke_sweep_runs_end_to_end(tmp_path):
+    result = nmtune_sweep(tmp_path, "--set", "objective=clip", "--set", "noise_kind=caption_swap", timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for ratio in ("0.00", "0.20"):
+        run_dir = tmp_path / "smoke" / "fashion_mnist" / f"caption_swap-{ratio}" / "seed0"
+        info = json.loads((run_dir / "pretrain.json").read_text())
+        assert info["zero_shot_acc"] > 0.1 and (run_dir / "transfer.nc").exists()
+        assert read_manifest(run_dir)["num_flipped"] == round(float(ratio) * 2000)
+    assert (tmp_path / "smoke" / "claims.csv").exists()
+
+
+def _ddp_clip_worker(rank: int, world: int, port: int, root: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    config = _clip_config(root, dataset="mnist5k", train_subset=512, epochs=1, num_threads=0)
+    run = Run.of(config, 0.2, 0)
+    train, test = pretraining_data(config)
+    summary = pretrain(run, train, noisy_labels_for_run(run, train), test)
+    (run.dir.parent / f"result{rank}.json").write_text(json.dumps(summary["zero_shot_acc"]))
+
+
+def test_clip_under_ddp_gloo_two_ranks(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_clip_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    results = sorted((tmp_path / "smoke" / "mnist5k" / "caption_swap-0.20").glob("result*.json"))
+    values = [json.loads(p.read_text()) for p in results]
+    assert len(values) == 2 and values[0] == values[1]  # every rank returns rank 0's summary
+    info = json.loads((tmp_path / "smoke" / "mnist5k" / "caption_swap-0.20" / "seed0" / "pretrain.json").read_text())
+    assert info["world_size"] == 2 and info["images_seen"] == 512 // 64 * 64
