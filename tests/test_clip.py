@@ -116,13 +116,14 @@ def test_clip_pretraining_learns_zero_shot_records_its_captions_and_resumes_exac
 
 @needs_fmnist
 def test_the_clip_smoke_sweep_runs_end_to_end(tmp_path):
-    result = nmtune_sweep(tmp_path, "--set", "objective=clip", "--set", "noise_kind=caption_swap", timeout=1500)
+    """The issue's command, on one noise ratio of the smoke grid (the other is the same code; CI time)."""
+    result = nmtune_sweep(tmp_path, "--set", "objective=clip", "--set", "noise_kind=caption_swap", "--set",
+                          "noise_ratios=[0.2]", timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for ratio in ("0.00", "0.20"):
-        run_dir = tmp_path / "smoke" / "fashion_mnist" / f"caption_swap-{ratio}" / "seed0"
-        info = json.loads((run_dir / "pretrain.json").read_text())
-        assert info["zero_shot_acc"] > 0.1 and (run_dir / "transfer.nc").exists()
-        assert read_manifest(run_dir)["num_flipped"] == round(float(ratio) * 2000)
+    run_dir = tmp_path / "smoke" / "fashion_mnist" / "caption_swap-0.20" / "seed0"
+    info = json.loads((run_dir / "pretrain.json").read_text())
+    assert info["zero_shot_acc"] > 0.1 and (run_dir / "transfer.nc").exists() and (run_dir / CAPTIONS).exists()
+    assert read_manifest(run_dir)["num_flipped"] == 400 and read_manifest(run_dir)["realised_ratio"] == 0.2
     assert (tmp_path / "smoke" / "claims.csv").exists()
 
 
