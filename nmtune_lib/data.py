@@ -14,7 +14,6 @@ Paper-scale loaders live in ``paper_data`` (torchvision datasets) and ``image_fo
 """
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import os
 import shutil
@@ -269,21 +268,16 @@ def pretraining_data(config) -> tuple[ImageSet, ImageSet]:
     ``config.stream``); ``config.train_subset > 0`` keeps a fixed stratified subset of the
     training split (the same for every noise ratio and seed, so runs differ only in their labels)."""
     root, size = config.data_root or None, config.img_size
-    if getattr(config, "stream", False):  # scanned file lists, read from disk while training (nmtune_lib.streaming)
+    if config.dataset in FOLDER_DATASETS:  # scanned once; decoded into memory (what is kept) unless streamed
         from .streaming import streamed_split
 
         train, test = (streamed_split(config.dataset, split, root, size) for split in ("train", "test"))
     else:
         train, test = (load_dataset(config.dataset, split, root, img_size=size) for split in ("train", "test"))
     if config.train_subset:
-        index = stratified_subset(train.labels, config.train_subset, SPLIT_SEED)
-        train = train.subset(index)
-    if config.dataset in FOLDER_DATASETS and not getattr(config, "stream", False):  # the files behind the tensor
-        samples = folder_files(config.dataset, "train", root).samples
-        if config.train_subset:
-            samples = [samples[i] for i in index.tolist()]
-        digest = file_list_sha256(samples, Path(root).expanduser() / config.dataset)
-        train = dataclasses.replace(train, file_list_sha256=digest)
+        train = train.subset(stratified_subset(train.labels, config.train_subset, SPLIT_SEED))
+    if config.dataset in FOLDER_DATASETS and not getattr(config, "stream", False):
+        train, test = train.in_memory(), test.in_memory()
     return train, test
 
 

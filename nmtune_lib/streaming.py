@@ -60,10 +60,16 @@ class StreamedSplit(LabelledSplit):
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
         """uint8 K×3×S×S images ``index`` through the evaluation transform (the memorisation subset)."""
+        return self.subset(index).in_memory().images
+
+    def in_memory(self):
+        """The whole split decoded through the evaluation transform: a ``data.ImageSet`` that keeps this split's
+        ``file_list_sha256``."""
+        from .data import ImageSet
         from .image_sets import to_image_set
 
-        subset = self.subset(index)
-        return to_image_set(subset.files, img_size=self.img_size, progress=False).images
+        decoded = to_image_set(self.files, img_size=self.img_size, progress=False)
+        return ImageSet(decoded.images, self.labels, self.classes, self.name, self.file_list_sha256)
 
 
 def streamed_split(name: str, split: str, root, img_size: int) -> StreamedSplit:
