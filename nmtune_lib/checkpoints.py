@@ -101,6 +101,16 @@ def generator_state(seed: int) -> torch.Tensor:
     return torch.Generator().manual_seed(seed).get_state()
 
 
+def save_backbone(run: Run, backbone: Backbone) -> dict[str, Any]:
+    """Write ``backbone.pt`` (the weights and the ``meta`` that ``load_pretrained`` rebuilds the model from)
+    atomically; return the meta."""
+    config = run.config
+    meta = dict(name=config.model, num_classes=int(backbone.net.num_classes), in_chans=backbone.in_chans,
+                img_size=backbone.img_size, small_stem=config.small_stem, num_features=backbone.num_features)
+    atomic_torch_save(run.backbone, dict(model=cpu_state(backbone), meta=meta))
+    return meta
+
+
 def load_pretrained(run_or_dir: Run | str | os.PathLike,
                     device: str | torch.device = "cpu") -> tuple[Backbone, dict[str, Any]]:
     """The final backbone of a finished run (eval mode, on ``device``) and its ``pretrain.json`` summary.

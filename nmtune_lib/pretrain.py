@@ -34,12 +34,13 @@ import torch
 import torch.nn as nn
 
 from . import clip
-from .checkpoints import cpu_state, finished_summary, generator_state, load_checkpoint, save_checkpoint
+from .augment import to_float
+from .checkpoints import (cpu_state, finished_summary, generator_state, load_checkpoint, save_backbone,
+                          save_checkpoint)
 from .distributed import Distributed, device_for, torch_threads
 from .files import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256
 from .history import HISTORY_FIELDS, history_dataset, history_frame
 from .models import Backbone, create_backbone
-from .augment import to_float
 from .recipe import (FLIP, RECIPE, augment_batch, check_inputs, epoch_seed, evaluate, evaluation_data, make_optimizer,
                      run_key, train_step)
 from .results import save_dataset
@@ -291,9 +292,7 @@ def _finish(loop: _Loop, noisy, *, threads: int) -> dict[str, Any]:
         extra = {k: history[-1][k] for k in clip.HISTORY_EXTRA}
         extra["clip_sha256"] = file_sha256(run.dir / CLIP_MODEL)
         backbone = backbone.backbone
-    meta = dict(name=config.model, num_classes=int(backbone.net.num_classes), in_chans=backbone.in_chans,
-                img_size=backbone.img_size, small_stem=config.small_stem, num_features=backbone.num_features)
-    atomic_torch_save(run.backbone, dict(model=cpu_state(backbone), meta=meta))
+    meta = save_backbone(run, backbone)
     atomic_write_text(run.history_csv, history_frame(history).to_csv(index=False))
     last = history[-1]
     summary = dict(

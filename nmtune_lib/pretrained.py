@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from .checkpoints import cpu_state, finished_summary
-from .files import atomic_torch_save, atomic_write_json, file_sha256
+from .checkpoints import finished_summary, save_backbone
+from .files import atomic_write_json, file_sha256
 from .history import history_dataset
 from .models import create_backbone, resolve_device
 from .results import save_dataset
@@ -131,9 +131,7 @@ def import_pretrained(run, noisy, test_set, *, key: dict[str, Any]) -> dict[str,
     if backbone.net.num_classes == test_set.num_classes:
         data = clean_test_data(test_set, device=device, workers=config.loader_workers)
         test_acc = clean_test_accuracy(backbone, data, device=device, autocast=device.type == "cuda")
-    meta = dict(name=config.model, num_classes=int(backbone.net.num_classes), in_chans=backbone.in_chans,
-                img_size=backbone.img_size, small_stem=config.small_stem, num_features=backbone.num_features)
-    atomic_torch_save(run.backbone, dict(model=cpu_state(backbone), meta=meta))
+    meta = save_backbone(run, backbone)
     summary = dict(
         source="pretrained", weights=str(path), weights_sha256=key["weights_sha256"], final_test_acc=test_acc,
         train_loss=None, train_acc_noisy=None, memo_noisy=None, memo_clean=None, epochs=0, images_per_s=None,
