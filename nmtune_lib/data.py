@@ -61,7 +61,7 @@ class ImageSet(LabelledSplit):
     labels: torch.Tensor
     classes: tuple[str, ...]
     name: str
-    file_list_sha256: str = ""  # decoded from a folder: the hash of its (file, label) list (``file_list_sha256``)
+    file_list_sha256: str = ""  # decoded from a folder: the hash of its (file, label) list (``streaming.StreamedSplit``)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -115,17 +115,6 @@ def folder_files(name: str, split: str, root):
         raise ValueError(f"dataset {name!r} is read from <data_root>/{name}/ ({name}-style class folders): set "
                          "data_root, e.g. --set data_root=/data")
     return imagenet_folder(Path(root).expanduser() / name, split)
-
-
-def file_list_sha256(samples, root) -> str:
-    """sha256 of a folder split's (path relative to ``root``, label) list: which files, in which order, with which
-    label. The noise manifest of a folder run records it."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path, label in samples:
-        digest.update(f"{Path(path).relative_to(root).as_posix()}\t{label}\n".encode())
-    return digest.hexdigest()
 
 
 def _folder_dataset(name: str, split: str, root, img_size: int, max_samples: int | None = None,

@@ -16,6 +16,7 @@ need (the manifest records ``file_list_sha256``, the hash of its (relative path,
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,10 +54,12 @@ class StreamedSplit(LabelledSplit):
 
     @property
     def file_list_sha256(self) -> str:
-        """``data.file_list_sha256`` of this split's files (recorded in the noise manifest)."""
-        from .data import file_list_sha256
-
-        return file_list_sha256(self.files.samples, self.root)
+        """sha256 of this split's (path relative to ``root``, label) list: which files, in which order, with which
+        label (recorded in the noise manifest)."""
+        digest = hashlib.sha256()
+        for path, label in self.files.samples:
+            digest.update(f"{Path(path).relative_to(self.root).as_posix()}\t{label}\n".encode())
+        return digest.hexdigest()
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
         """uint8 K×3×S×S images ``index`` through the evaluation transform (the memorisation subset)."""
