@@ -9,8 +9,8 @@ scale starts at 1/0.07 and is clamped to at most 100 after every step (``clamp_l
 ``clip_loss`` is the symmetric InfoNCE of a batch (cross-entropy of image→text and text→image logits against the
 diagonal, averaged). The measurements read a trained model on clean data: ``zero_shot_accuracy`` (each class's
 prompt embeddings averaged over templates, as CLIP's zero-shot classifier), ``retrieval_recall_at_1`` (image→text
-over a set of clean captions) and ``caption_memorisation`` (for images whose caption was swapped: is the swapped
-caption or the true one the better match among all of them?).
+over a set of clean captions) and ``caption_memorisation`` (for images whose caption was swapped: is the image closer to its swapped caption
+or to its true one?).
 """
 from __future__ import annotations
 
@@ -112,15 +112,17 @@ def retrieval_recall_at_1(model: ClipModel, images: torch.Tensor, tokens: torch.
 @torch.inference_mode()
 def caption_memorisation(model: ClipModel, images: torch.Tensor, noisy_tokens: torch.Tensor,
                          clean_tokens: torch.Tensor) -> tuple[float, float]:
-    """For K images whose caption was swapped: among the 2K captions (their swapped and their true ones), the share
-    whose best match is its swapped caption (``memo_noisy``) and its true caption (``memo_clean``)."""
-    if len(images) == 0:
+    """For K images whose caption was swapped, each image against its own two captions: the share that is closer to
+    its swapped caption than to its true one (``memo_noisy``) and the reverse (``memo_clean``). Pairs whose swapped
+    caption is the same text as the true one (templated captions repeat) are left out; NaN when none is left.
+    An untrained model scores about 0.5 on each, a model that ignores the swaps about 0 on ``memo_noisy``."""
+    distinct = (noisy_tokens != clean_tokens).any(1)
+    if not distinct.any():
         return math.nan, math.nan
-    img = embed(model.encode_image, images)
-    sims = img @ embed(model.encode_text, torch.cat([noisy_tokens, clean_tokens])).T
-    best = sims.argmax(1)
-    k = torch.arange(len(img), device=img.device)
-    return (best == k).double().mean().item(), (best == k + len(img)).double().mean().item()
+    img = embed(model.encode_image, images[distinct])
+    noisy = (img * embed(model.encode_text, noisy_tokens[distinct])).sum(1)
+    clean = (img * embed(model.encode_text, clean_tokens[distinct])).sum(1)
+    return (noisy > clean).double().mean().item(), (clean > noisy).double().mean().item()
 
 
 # --- what pre-training (nmtune_lib.pretrain) needs of the CLIP objective -------------------------------------------

@@ -27,6 +27,11 @@ DESCRIPTIONS = dict(
     images_per_s="training images per second in this epoch",
     zero_shot_acc="objective=clip: zero-shot accuracy on the clean test split (class prompts over templates)",
     retrieval_r1="objective=clip: image→text recall@1 over the clean test captions")
+CLIP_DESCRIPTIONS = dict(  # what memo_* mean in a CLIP run (clip.caption_memorisation)
+    memo_noisy="objective=clip: swapped training images (un-augmented) closer to their swapped caption than to their "
+               "own (pairs with identical texts left out)",
+    memo_clean="objective=clip: swapped training images (un-augmented) closer to their own caption than to their "
+               "swapped one (pairs with identical texts left out)")
 CLIP_FIELDS = ("zero_shot_acc", "retrieval_r1")  # only in the history of a CLIP run (clip.HISTORY_EXTRA)
 
 
@@ -50,7 +55,8 @@ def history_dataset(history: list[dict[str, Any]], summary: dict[str, Any] | Non
     import xarray as xr
 
     ds = xr.Dataset.from_dataframe(history_frame(history).set_index("epoch"))
-    for name, text in DESCRIPTIONS.items():
+    clip = "zero_shot_acc" in ds
+    for name, text in (DESCRIPTIONS | (CLIP_DESCRIPTIONS if clip else {})).items():
         if name in ds:
             ds[name].attrs["description"] = text
     if summary is not None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import needs_fmnist, nmtune_sweep
 from nmtune_lib.captions import ATTRIBUTES, BANDS, Tokenizer, attribute_words, captions_for, class_prompts, measure
 from nmtune_lib.checkpoints import load_pretrained
-from nmtune_lib.clip import clip_loss
+from nmtune_lib.clip import caption_memorisation, clip_loss
 from nmtune_lib.config import StudyConfig
 from nmtune_lib.data import load_dataset, pretraining_data
 from nmtune_lib.noise import inject_label_noise, noisy_labels_for_run, read_manifest
@@ -31,6 +31,38 @@ def test_clip_loss_equals_a_direct_loop_over_pairs():
         total += -to_texts[i] + torch.logsumexp(torch.tensor(to_texts), 0).item()
         total += -to_images[i] + torch.logsumexp(torch.tensor(to_images), 0).item()
     assert clip_loss(image, text, scale).item() == pytest.approx(total / 14, rel=1e-5)
+
+
+class _LookupModel:
+    """Images and captions are ids into fixed embedding tables (known similarities)."""
+
+    def __init__(self, image_emb, text_emb):
+        self.image_emb, self.text_emb = image_emb, text_emb
+
+    def encode_image(self, ids):
+        return self.image_emb[ids[:, 0]]
+
+    def encode_text(self, tokens):
+        return self.text_emb[tokens[:, 0]]
+
+
+def test_caption_memorisation_compares_each_image_with_its_own_two_captions():
+    # image i sits on text i; images 0 and 1 are closer to caption 3 than to caption 0 / 1 resp.
+    texts = F.normalize(torch.eye(4) + 0.0, dim=1)
+    images = texts.clone()
+    images[0] = F.normalize(torch.tensor([0.4, 0.0, 0.0, 0.6]), dim=0)
+    images[1] = F.normalize(torch.tensor([0.0, 0.3, 0.0, 0.7]), dim=0)
+    model = _LookupModel(images, texts)
+    ids = torch.arange(4)[:, None]
+    own = ids.clone()
+    swapped = torch.tensor([[3], [3], [0], [0]])  # images 2, 3: closer to their own caption
+    assert caption_memorisation(model, ids, swapped, own) == (0.5, 0.5)
+    # a swap onto an identical text is left out: image 3's swapped caption is now its own text
+    swapped[3] = 3
+    noisy, clean = caption_memorisation(model, ids, swapped, own)
+    assert (noisy, clean) == pytest.approx((2 / 3, 1 / 3))
+    noisy, clean = caption_memorisation(model, ids, own, own)  # nothing distinct: no measure
+    assert noisy != noisy and clean != clean
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.05, 0.3, 0.77])
