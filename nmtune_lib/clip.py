@@ -74,8 +74,29 @@ def clamp_logit_scale(model: ClipModel) -> None:
         model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
 
+def gather_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Under DDP, every rank's embeddings concatenated in rank order (the global batch), as open_clip's
+    ``gather_features`` with its defaults (``local_loss=False``, ``gather_with_grad=False``): the other ranks' rows
+    carry no gradient, this rank's are its own tensors. Without a process group (or with one rank): unchanged."""
+    import torch.distributed as tdist
+
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return image_emb, text_emb
+    world, rank = tdist.get_world_size(), tdist.get_rank()
+    gathered = []
+    for emb in (image_emb, text_emb):
+        parts = [torch.empty_like(emb) for _ in range(world)]
+        tdist.all_gather(parts, emb.detach().contiguous())
+        parts[rank] = emb
+        gathered.append(torch.cat(parts))
+    return gathered[0], gathered[1]
+
+
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE: pair i's image and text are the positives, every other pair's the negatives."""
+    """Symmetric InfoNCE: pair i's image and text are the positives, every other pair's the negatives. Under DDP
+    the pairs are the global batch (``gather_pairs``): every rank computes the same loss, its gradient flowing
+    through its own rows, as open_clip's ``ClipLoss``."""
+    image_emb, text_emb = gather_pairs(image_emb, text_emb)
     logits = scale * image_emb @ text_emb.T
     target = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
@@ -158,8 +179,8 @@ def texts(train_set, noisy, test_set, seed: int) -> dict:
 
 def train_step(model: nn.Module, clip_model: ClipModel, opt: torch.optim.Optimizer, x: torch.Tensor,
                tokens: torch.Tensor, *, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """One AdamW step on ``clip_loss`` (``model`` is ``clip_model`` or its DDP/compiled wrapper; negatives are the
-    rank's own batch), then the scale clamp. Returns detached (loss, in-batch image→text top-1 hits)."""
+    """One AdamW step on ``clip_loss`` (``model`` is ``clip_model`` or its DDP/compiled wrapper; under DDP the
+    negatives are the global batch's), then the scale clamp. Returns detached (loss, in-batch image→text top-1 hits)."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         image_emb, text_emb, scale = model(x, tokens)
     image_emb, text_emb, scale = image_emb.float(), text_emb.float(), scale.float()

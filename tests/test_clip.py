@@ -159,6 +159,47 @@ def test_the_clip_smoke_sweep_runs_end_to_end(tmp_path):
     assert (tmp_path / "smoke" / "claims.csv").exists()
 
 
+def _gathered_loss_worker(rank: int, world: int, port: int, root: str) -> None:
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        gen = torch.Generator().manual_seed(0)  # every rank draws the same global batch, keeps its rows
+        image = F.normalize(torch.randn(8, 5, generator=gen), dim=1)
+        text = F.normalize(torch.randn(8, 5, generator=gen), dim=1)
+        rows = slice(rank * 4, rank * 4 + 4)
+        local_image, local_text = image[rows].clone().requires_grad_(), text[rows].clone().requires_grad_()
+        loss = clip_loss(local_image, local_text, torch.tensor(10.0))
+        loss.backward()
+        torch.save(dict(loss=loss.detach(), image_grad=local_image.grad, text_grad=local_text.grad),
+                   f"{root}/rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_under_ddp_the_loss_is_the_global_batch_s_and_each_rank_gets_its_rows_gradient(tmp_path):
+    """open_clip's ClipLoss with its defaults: the negatives are gathered from every rank."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_gathered_loss_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    gen = torch.Generator().manual_seed(0)
+    image = F.normalize(torch.randn(8, 5, generator=gen), dim=1).requires_grad_()
+    text = F.normalize(torch.randn(8, 5, generator=gen), dim=1).requires_grad_()
+    loss = clip_loss(image, text, torch.tensor(10.0))  # one process, the whole batch
+    loss.backward()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        rows = slice(rank * 4, rank * 4 + 4)
+        torch.testing.assert_close(got["loss"], loss.detach())
+        torch.testing.assert_close(got["image_grad"], image.grad[rows])
+        torch.testing.assert_close(got["text_grad"], text.grad[rows])
+
+
 def _ddp_clip_worker(rank: int, world: int, port: int, root: str) -> None:
     import os
 
