@@ -109,15 +109,16 @@ def candidate_specs(config, method: str) -> list[HeadSpec]:
 
 
 def select_lr(config, method: str, fit: Callable[[HeadSpec, torch.Tensor], Any],
-              score: Callable[[Any, torch.Tensor], float], labels: torch.Tensor, seed: int
+              score: Callable[[Any, torch.Tensor], float], split: tuple[torch.Tensor, torch.Tensor]
               ) -> tuple[float, dict[float, float]]:
     """The matched protocol's choice of learning rate for ``method`` on two-view inputs.
 
-    ``fit(spec, index)`` trains a head on the training samples ``index``; ``score(head, index)`` is its accuracy
-    on the samples ``index`` (eval features). Returns the best learning rate of ``config.lr_grid`` on the held-out
-    part (ties go to the earlier candidate) and every candidate's held-out accuracy.
+    ``split`` is (fit index, held-out index) of the training set (``holdout_split``); ``fit(spec, index)`` trains a
+    head on the training samples ``index``; ``score(head, index)`` is its accuracy on the samples ``index`` (eval
+    features). Returns the best learning rate of ``config.lr_grid`` on the held-out part (ties go to the earlier
+    candidate) and every candidate's held-out accuracy.
     """
-    fit_index, held = holdout_split(labels, config.holdout_fraction, seed)
+    fit_index, held = split
     accuracy = {}
     for spec in candidate_specs(config, method):
         accuracy[spec.lr] = score(fit(spec, fit_index), held)

@@ -199,12 +199,12 @@ def _protocol_specs(heads: _TaskHeads, cfg, protocol: str, methods, setting: str
     """The specs of one protocol; in ``matched`` each method's lr is chosen on held-out data first."""
     if protocol == "reference":
         return reference_specs(cfg, methods)
-    fit_index, _ = holdout_split(heads.task.train.labels, cfg.holdout_fraction, seed)
-    heads.fit_many([(cfg, spec, fit_index, method) for method in methods for spec in candidate_specs(cfg, method)])
+    split = holdout_split(heads.task.train.labels, cfg.holdout_fraction, seed)
+    heads.fit_many([(cfg, spec, split[0], method) for method in methods for spec in candidate_specs(cfg, method)])
     out = {}
     for method in methods:
         best, accuracy = select_lr(cfg, method, lambda spec, index: heads.fit(cfg, spec, index),
-                                   heads.held_out_accuracy, heads.task.train.labels, seed)
+                                   heads.held_out_accuracy, split)
         for lr, acc in accuracy.items():
             selection[(setting, method, task_name, lr)] = acc
         out[method] = head_spec(cfg, method, inputs="views", lr=best)

@@ -64,10 +64,10 @@ def test_select_lr_fits_on_the_rest_and_scores_on_the_held_out_part(best):
         assert not set(index.tolist()) & seen[-1][2]  # scored on samples the head never trained on
         return 1.0 if lr == best else 0.5
 
-    chosen, accuracy = select_lr(cfg, "nmtune", fit, score, labels, seed=0)
+    chosen, accuracy = select_lr(cfg, "nmtune", fit, score, holdout_split(labels, 0.1, 0))
     assert chosen == best and sorted(accuracy) == [1e-3, 3e-3, 1e-2]
     assert [s[0] for s in seen] == [1e-3, 3e-3, 1e-2] and {s[1] for s in seen} == {"views"}
-    tie, _ = select_lr(cfg, "nmtune", fit, lambda lr, index: 0.7, labels, seed=0)
+    tie, _ = select_lr(cfg, "nmtune", fit, lambda lr, index: 0.7, holdout_split(labels, 0.1, 0))
     assert tie == 1e-3  # ties go to the first candidate
 
 
