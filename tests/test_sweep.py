@@ -156,16 +156,20 @@ def test_report_index_links_every_rendered_notebook(smoke_sweep, tmp_path):
             assert "data:image/png;base64" in (tmp_path / "smoke" / page).read_text()  # figures embedded
     assert "<table>" in index and any(v in index for v in ("supported", "inconclusive", "contradicted"))
     assert (tmp_path / "smoke" / "timing.csv").exists() and 'href="config.yaml"' in index
-    # nbconvert's theme is written once and linked from every page, not inlined in each
-    sheets = list((tmp_path / "smoke").glob("nbconvert-*.css"))
+    # nbconvert's theme is written once, in the reports root, and linked from every page of every report set
+    sheets = list(tmp_path.glob("nbconvert-*.css"))
     assert len(sheets) == 1 and sheets[0].stat().st_size > 100_000
+    assert not list((tmp_path / "smoke").glob("nbconvert-*.css"))
     for page in pages:
         head = (tmp_path / "smoke" / page).read_text().partition("</head>")[0]
-        assert f'<link rel="stylesheet" href="{sheets[0].name}">' in head and len(head) < 20_000
-    stale = tmp_path / "smoke" / "nbconvert-000000000000.css"
+        assert f'<link rel="stylesheet" href="../{sheets[0].name}">' in head and len(head) < 20_000
+    stale = tmp_path / "nbconvert-000000000000.css"
     stale.write_text("old")
+    old_copy = tmp_path / "smoke" / sheets[0].name  # where earlier versions wrote it
+    old_copy.write_text("old")
     again = subprocess.run([*NMTUNE, "report", "--preset", "smoke", "--run-root", str(smoke_sweep), "--out",
                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert sheets[0].exists() and not old_copy.exists()
     assert again.returncode == 0 and not stale.exists()  # a stylesheet no page links is removed
 
 
@@ -175,3 +179,28 @@ def test_report_on_a_missing_run_root_fails_naming_it(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and str(missing) in result.stderr and "nmtune sweep" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_compact_figures_keeps_the_picture_and_shrinks_it():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from nmtune_lib.report import compact_figures
+
+    rng = np.random.default_rng(0)  # a plot-like figure: a white page, three flat colours, antialiased noise
+    pixels = np.full((120, 200, 4), 255, np.uint8)
+    pixels[20:60, 10:100, :3] = (31, 119, 180)
+    pixels[70:110, 50:190, :3] = (255, 127, 14)
+    pixels[::7, :, :3] = rng.integers(200, 256, (18, 200, 3))
+    raw = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(raw, "PNG")
+    page = "<img src=\"data:image/png;base64," + base64.b64encode(raw.getvalue()).decode() + "\">"
+    compacted = compact_figures(page)
+    data = compacted.split("base64,")[1].split('"')[0]
+    back = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")).astype(int)
+    assert len(compacted) < len(page)
+    assert np.abs(back - pixels[..., :3]).mean() < 1.0 and (back[22:28, 10:100] == (31, 119, 180)).all()
+    assert compact_figures(compacted) == compacted  # already a palette image: left as it is
