@@ -76,7 +76,8 @@ def load_history(run_or_dir: Run | str | os.PathLike):
 
 
 def plot_history(history):
-    """Learning curves (seaborn): clean test accuracy, noisy-label fit and memorisation of flipped samples per epoch.
+    """Learning curves (seaborn): clean test accuracy, noisy-label fit and memorisation of flipped samples per epoch
+    (for a CLIP run: zero-shot accuracy, in-batch matching and the memorisation of swapped captions).
 
     ``history``: a list of per-epoch dicts, a DataFrame of ``HISTORY_FIELDS``, or the Dataset of ``history.nc``.
     Returns the matplotlib Figure.
@@ -91,20 +92,28 @@ def plot_history(history):
         frame = history
     else:
         frame = history.to_dataframe().reset_index()
+    clip = "zero_shot_acc" in frame  # a CLIP run: captions, not labels (clip.caption_memorisation)
     long = frame.melt(id_vars="epoch", value_vars=["test_acc", "train_acc_noisy", "memo_noisy", "memo_clean"],
                       var_name="curve", value_name="fraction")
-    names = {"test_acc": "clean test accuracy", "train_acc_noisy": "fit of noisy training labels",
-             "memo_noisy": "flipped: predicted noisy label", "memo_clean": "flipped: predicted clean label"}
+    if clip:
+        names = {"test_acc": "zero-shot accuracy (clean test)", "train_acc_noisy": "in-batch image→caption top-1",
+                 "memo_noisy": "swapped: closer to the swapped caption",
+                 "memo_clean": "swapped: closer to its own caption"}
+        memo_panel, loss_title, loss_label = "memorisation of swapped captions", "training loss", "InfoNCE"
+    else:
+        names = {"test_acc": "clean test accuracy", "train_acc_noisy": "fit of noisy training labels",
+                 "memo_noisy": "flipped: predicted noisy label", "memo_clean": "flipped: predicted clean label"}
+        memo_panel, loss_title, loss_label = ("memorisation of flipped labels", "training loss on noisy labels",
+                                              "cross-entropy")
+    long["panel"] = long["curve"].map(lambda c: memo_panel if c.startswith("memo") else "accuracy")
     long["curve"] = long["curve"].map(names)
-    long["panel"] = long["curve"].map(lambda c: "memorisation of flipped labels" if c.startswith("flipped")
-                                      else "accuracy")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
-    for ax, panel in zip(axes[:2], ("accuracy", "memorisation of flipped labels")):
+    for ax, panel in zip(axes[:2], ("accuracy", memo_panel)):
         sns.lineplot(long[long["panel"] == panel], x="epoch", y="fraction", hue="curve", marker="o", ax=ax)
         ax.set(title=panel, ylim=(0, 1), xlabel="epoch")
         ax.legend(fontsize=8, title=None)
     sns.lineplot(frame, x="epoch", y="train_loss", marker="o", ax=axes[2])
-    axes[2].set(title="training loss on noisy labels", ylabel="cross-entropy")
+    axes[2].set(title=loss_title, ylabel=loss_label)
     for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
     return fig
