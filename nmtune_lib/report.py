@@ -64,10 +64,9 @@ def compact_figures(page: str) -> str:
 
 def render_html(notebook: Path, out: Path, *, title: str = "") -> Path:
     """One executed notebook → one HTML file (lab template, no input cells, figures embedded and compacted by
-    ``compact_figures``) whose stylesheet is
-    shared with every page of every report set (``share_stylesheet`` into the folder above ``out``'s, the reports
-    root), with ``title`` as its title, a link back to the report's ``index.html`` and wide tables scrolling inside
-    the page."""
+    ``compact_figures``) whose stylesheet is shared with every page of every report set (``share_stylesheet`` into
+    the folder above ``out``'s, the reports root), with ``title`` as its title, a link back to the report's
+    ``index.html`` and wide tables scrolling inside the page."""
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -86,12 +85,12 @@ def render_html(notebook: Path, out: Path, *, title: str = "") -> Path:
 
 
 def remove_stale_stylesheets(out_root: Path) -> None:
-    """Delete the ``nbconvert-*.css`` of ``out_root`` (and any left inside a report set by older versions) that no
-    page of any report set under it links."""
-    used = {m for page in out_root.glob("*/*.html")
-            for m in re.findall(r'href="\.\./(nbconvert-[0-9a-f]{12}\.css)"', page.read_text())}
+    """Delete every ``nbconvert-*.css`` in ``out_root`` or one of its report sets that no page links (pages of
+    earlier versions link a copy in their own folder, and keep it)."""
+    used = {(page.parent / href).resolve() for page in out_root.glob("*/*.html")
+            for href in re.findall(r'href="((?:\.\./)?nbconvert-[0-9a-f]{12}\.css)"', page.read_text())}
     for sheet in (*out_root.glob("nbconvert-*.css"), *out_root.glob("*/nbconvert-*.css")):
-        if sheet.parent != out_root or sheet.name not in used:
+        if sheet.resolve() not in used:
             sheet.unlink()
 
 

@@ -165,11 +165,15 @@ def test_report_index_links_every_rendered_notebook(smoke_sweep, tmp_path):
         assert f'<link rel="stylesheet" href="../{sheets[0].name}">' in head and len(head) < 20_000
     stale = tmp_path / "nbconvert-000000000000.css"
     stale.write_text("old")
-    old_copy = tmp_path / "smoke" / sheets[0].name  # where earlier versions wrote it
+    old_copy = tmp_path / "smoke" / sheets[0].name  # where earlier versions wrote it: stale once re-rendered
     old_copy.write_text("old")
+    older_set = tmp_path / "older"  # a report set of an earlier version, not re-rendered: keeps its own copy
+    older_set.mkdir()
+    (older_set / "page.html").write_text('<head><link rel="stylesheet" href="nbconvert-0123456789ab.css"></head>')
+    (older_set / "nbconvert-0123456789ab.css").write_text("kept")
     again = subprocess.run([*NMTUNE, "report", "--preset", "smoke", "--run-root", str(smoke_sweep), "--out",
                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert sheets[0].exists() and not old_copy.exists()
+    assert sheets[0].exists() and not old_copy.exists() and (older_set / "nbconvert-0123456789ab.css").exists()
     assert again.returncode == 0 and not stale.exists()  # a stylesheet no page links is removed
 
 
