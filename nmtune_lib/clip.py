@@ -9,8 +9,8 @@ scale starts at 1/0.07 and is clamped to at most 100 after every step (``clamp_l
 ``clip_loss`` is the symmetric InfoNCE of a batch (cross-entropy of image→text and text→image logits against the
 diagonal, averaged). The measurements read a trained model on clean data: ``zero_shot_accuracy`` (each class's
 prompt embeddings averaged over templates, as CLIP's zero-shot classifier), ``retrieval_recall_at_1`` (image→text
-over a set of clean captions) and ``caption_memorisation`` (for images whose caption was swapped: is the image closer to its swapped caption
-or to its true one?).
+over a set of clean captions) and ``caption_memorisation`` (for images whose caption was swapped: is the image
+closer to its swapped caption or to its true one?).
 """
 from __future__ import annotations
 

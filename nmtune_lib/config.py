@@ -174,9 +174,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default study pre-trained as CLIP on captions of the same images, 0-30 % of them swapped (README, "CLIP").
     # AdamW as open_clip trains ResNets (clip_lr 5e-4, clip_weight_decay 0.2, betas 0.9 / 0.999); the schedule ours.
     "clip": dict(objective="clip", noise_kind="caption_swap", seeds=(0, 1, 2)),
-    # The default study under the paper's open questions (PAPER.md §7; issue 10's extra report sets): other kinds of
-    # pre-training noise on the same grid, and a finer grid around "slight" noise (claim 1b, which needs 20-30 %,
-    # is then not judged).
+    # The default study under the paper's open questions (docs/paper.md §7; issue 10's extra report sets): other
+    # kinds of pre-training noise on the same grid, and a finer grid around "slight" noise (claim 1b, which needs
+    # 20-30 %, is then not judged).
     "asymmetric": dict(noise_kind="asymmetric"),
     "instance": dict(noise_kind="instance"),
     "fine": dict(noise_ratios=(0.0, 0.025, 0.05, 0.075, 0.10, 0.15)),

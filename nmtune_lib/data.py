@@ -61,7 +61,7 @@ class ImageSet(LabelledSplit):
     labels: torch.Tensor
     classes: tuple[str, ...]
     name: str
-    file_list_sha256: str = ""  # decoded from a folder: the hash of its (file, label) list (``streaming.StreamedSplit``)
+    file_list_sha256: str = ""  # decoded from a folder: its (file, label) list's hash (``streaming.StreamedSplit``)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:

@@ -35,6 +35,11 @@ CLIP_DESCRIPTIONS = dict(  # what memo_* mean in a CLIP run (clip.caption_memori
 CLIP_FIELDS = ("zero_shot_acc", "retrieval_r1")  # only in the history of a CLIP run (clip.HISTORY_EXTRA)
 
 
+def is_clip(columns) -> bool:
+    """Whether a history (its rows' keys, a DataFrame's or a Dataset's names) is a CLIP run's: it has CLIP_FIELDS."""
+    return CLIP_FIELDS[0] in columns
+
+
 def history_frame(history: list[dict[str, Any]]):
     """The per-epoch history as a pandas DataFrame (one row per epoch, columns ``HISTORY_FIELDS``)."""
     import pandas as pd
@@ -55,8 +60,7 @@ def history_dataset(history: list[dict[str, Any]], summary: dict[str, Any] | Non
     import xarray as xr
 
     ds = xr.Dataset.from_dataframe(history_frame(history).set_index("epoch"))
-    clip = "zero_shot_acc" in ds
-    for name, text in (DESCRIPTIONS | (CLIP_DESCRIPTIONS if clip else {})).items():
+    for name, text in (DESCRIPTIONS | (CLIP_DESCRIPTIONS if is_clip(ds) else {})).items():
         if name in ds:
             ds[name].attrs["description"] = text
     if summary is not None:
@@ -92,10 +96,9 @@ def plot_history(history):
         frame = history
     else:
         frame = history.to_dataframe().reset_index()
-    clip = "zero_shot_acc" in frame  # a CLIP run: captions, not labels (clip.caption_memorisation)
     long = frame.melt(id_vars="epoch", value_vars=["test_acc", "train_acc_noisy", "memo_noisy", "memo_clean"],
                       var_name="curve", value_name="fraction")
-    if clip:
+    if is_clip(frame):  # captions, not labels (clip.caption_memorisation)
         names = {"test_acc": "zero-shot accuracy (clean test)", "train_acc_noisy": "in-batch image→caption top-1",
                  "memo_noisy": "swapped: closer to the swapped caption",
                  "memo_clean": "swapped: closer to its own caption"}

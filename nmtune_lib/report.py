@@ -122,8 +122,10 @@ def report(study: Study, out_root: Path, *, all_seeds: bool = False) -> Path:
     for path in (*figures, *tables, *extra):
         atomic_write(out / path.name, lambda fh, f=path: fh.write(f.read_bytes()))
     claims = study.path("claims.json")
-    document = json.loads(claims.read_text()) if claims.exists() else None
-    table = _claims_html(document["claims"] if isinstance(document, dict) else document) if document else \
+    records = json.loads(claims.read_text()) if claims.exists() else None
+    if isinstance(records, dict):  # summary.claims_document; run roots made before it hold the bare list
+        records = records["claims"]
+    table = _claims_html(records) if records else \
         "<p>No claims table yet: run <code>nmtune sweep</code> (notebook 05 writes it).</p>"
     links = "\n".join(f'<li><a href="{html.escape(href)}">{html.escape(title)}</a></li>' for title, href in pages)
     atomic_write_text(out / "index.html", f"""<!doctype html>
