@@ -18,6 +18,10 @@ PAGE_STYLE = "<style>.jp-RenderedHTMLCommon table{display:block;max-width:100%;o
 STYLESHEET = re.compile(r"<style[^>]*>(.*?)</style>\s*", re.S)
 
 
+SHEET_NAME = "nbconvert-{}.css"  # the shared stylesheet's file name, {} its content's sha256[:12]
+SHEET_PATTERN = re.escape(SHEET_NAME).replace(r"\{\}", "[0-9a-f]{12}")
+
+
 def share_stylesheet(page: str, folder: Path, href_prefix: str = "") -> tuple[str, str]:
     """Move the ``<style>`` blocks of a page's ``<head>`` (nbconvert's lab theme, ≈ 260 kB, the same in every page)
     into ``folder/nbconvert-<sha256[:12]>.css`` and link it as ``href_prefix + name`` instead; styles inside the body
@@ -26,7 +30,7 @@ def share_stylesheet(page: str, folder: Path, href_prefix: str = "") -> tuple[st
 
     head, sep, rest = page.partition("</head>")
     css = "\n".join(STYLESHEET.findall(head))
-    name = f"nbconvert-{hashlib.sha256(css.encode()).hexdigest()[:12]}.css"
+    name = SHEET_NAME.format(hashlib.sha256(css.encode()).hexdigest()[:12])
     if not (folder / name).exists():
         atomic_write_text(folder / name, css)
     link = f'<link rel="stylesheet" href="{href_prefix}{name}">\n'
@@ -88,8 +92,8 @@ def remove_stale_stylesheets(out_root: Path) -> None:
     """Delete every ``nbconvert-*.css`` in ``out_root`` or one of its report sets that no page links (pages of
     earlier versions link a copy in their own folder, and keep it)."""
     used = {(page.parent / href).resolve() for page in out_root.glob("*/*.html")
-            for href in re.findall(r'href="((?:\.\./)?nbconvert-[0-9a-f]{12}\.css)"', page.read_text())}
-    for sheet in (*out_root.glob("nbconvert-*.css"), *out_root.glob("*/nbconvert-*.css")):
+            for href in re.findall(f'href="((?:\\.\\./)?{SHEET_PATTERN})"', page.read_text())}
+    for sheet in (*out_root.glob(SHEET_NAME.format("*")), *out_root.glob("*/" + SHEET_NAME.format("*"))):
         if sheet.resolve() not in used:
             sheet.unlink()
 

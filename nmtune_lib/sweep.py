@@ -399,8 +399,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     lc.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a StudyConfig field, e.g. --set train_subset=2000")
     lc.add_argument("--out", default=str(ROOT / "reports" / "converged"), help="(default: %(default)s)")
+    cp = sub.add_parser("compare", help="the paper's claims side by side across report sets, as a Markdown table "
+                        "(nmtune_lib.comparison)")
+    cp.add_argument("folders", nargs="+", help="report sets holding claims.csv, e.g. reports/default reports/clip")
+    cp.add_argument("--labels", nargs="+", help="column labels, one per folder (default: the folders' names)")
+    cp.add_argument("--protocols", nargs="+", default=["reference", "matched"], help="(default: %(default)s)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "compare":
+            from .comparison import compare_claims, to_markdown
+
+            if args.labels and len(args.labels) != len(args.folders):
+                raise ValueError(f"--labels {args.labels}: expected one label per folder ({len(args.folders)})")
+            print(to_markdown(compare_claims(args.folders, args.protocols, args.labels)))
+            return 0
         if args.command == "learning-curve":
             from .learning_curve import learning_curve
 

@@ -1,0 +1,92 @@
+"""The paper's claims side by side across report sets (regimes, noise kinds): one Markdown table from their claims.csv.
+
+``nmtune compare reports/default reports/asymmetric`` prints the table the README shows for each comparison, so
+that every cell in it comes from a committed ``claims.csv``: a row per claim, a column per (set, protocol), each cell
+the effect and the verdict in bold. The effect is the mean ± the 95 % half-width over seeds, the mean rounded to the
+half-width's last digit (one digit further if that leaves it under two significant digits). The spectrum claims
+(3a–3d) are judged on the backbone's features, which every protocol shares, so they are written once, under the
+first protocol.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+PROTOCOLS = ("reference", "matched")
+SPECTRUM_FAMILY = "3"  # claims 3a–3d: on the features, the same under every protocol
+EFFECT = re.compile(r"^\s*([+-]?\d[\d.]*(?:e[+-]?\d+)?)(?: ± (\d[\d.]*(?:e[+-]?\d+)?))?")  # mean [± half]
+
+
+def short_claim(text: str) -> str:
+    """``"1a. Slight … transfer (LP ID mean, noisy − clean)"`` → ``"1a. Slight … transfer"``: the claim without its
+    final parenthesis (how it is measured); a claim that continues the one before it ("3c. … and more so") keeps the
+    parenthesis' first part ("slope of SVE vs noise ratio"), which says what it is about."""
+    match = re.match(r"^(.*?)\s*\(([^()]*(?:\([^()]*\)[^()]*)*)\)\s*$", text)
+    if not match:
+        return text
+    claim, measure = match.groups()
+    return f"{claim} ({measure.split(',')[0]})" if "…" in claim else claim
+
+
+def format_effect(effect: str, verdict: str) -> str:
+    """``"-0.484 ± 2.1 points (n=3 seeds)"``, ``"inconclusive"`` → ``"−0.48 ± 2.1 **inconclusive**"`` (one seed,
+    no half-width: the mean as written)."""
+    match = EFFECT.match(effect)
+    if not match:  # "not judged: the grid lacks …"
+        return f"**{verdict}**"
+    mean, half = float(match.group(1)), match.group(2)
+    if half is None:
+        return match.group(1).replace("-", "−") + f" **{verdict}**"
+    decimals = len(half.split(".")[1]) if "." in half else 0
+    if mean:  # a mean much smaller than its half-width: one digit more than the half-width's, not zero
+        decimals = max(decimals, min(decimals + 1, 1 - math.floor(math.log10(abs(mean)))))
+    return f"{mean:+.{decimals}f}".replace("-", "−") + f" ± {half} **{verdict}**"
+
+
+def read_claims(folder: str | Path) -> pd.DataFrame:
+    """A report set's ``claims.csv`` (columns protocol, claim, effect, verdict, rule), with a claim ``id``."""
+    path = Path(folder) / "claims.csv"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: pass report folders written by 'nmtune report' (a folder holding "
+                         "claims.csv, e.g. reports/default)")
+    frame = pd.read_csv(path)
+    return frame.assign(id=frame["claim"].str.split(".").str[0])
+
+
+def compare_claims(folders: Sequence[str | Path], protocols: Sequence[str] = PROTOCOLS,
+                   labels: Sequence[str] | None = None) -> pd.DataFrame:
+    """claim × "<label>, <protocol>" → formatted cell, columns ordered protocol-major (every set under the first
+    protocol, then the next). ``labels`` default to the folders' names. A protocol a set lacks is an error."""
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown or not protocols or not folders:
+        raise ValueError(f"compare_claims: folders {list(map(str, folders))}, protocols {list(protocols)}; accepted: "
+                         f"one folder or more, protocols among {', '.join(PROTOCOLS)}")
+    labels = [Path(f).name for f in folders] if labels is None else list(labels)
+    sets = {label: read_claims(folder) for label, folder in zip(labels, folders)}
+    first = next(iter(sets.values()))
+    order = list(dict.fromkeys(first["id"]))
+    names = [short_claim(first.loc[first["id"] == i, "claim"].iloc[0]) for i in order]
+    table = pd.DataFrame(index=pd.Index(names, name="claim"))
+    for protocol in protocols:
+        for label, frame in sets.items():
+            part = frame[frame["protocol"] == protocol].set_index("id")
+            if part.empty:
+                raise ValueError(f"{label}: claims.csv has no protocol {protocol!r}; it has "
+                                 f"{sorted(frame['protocol'].unique())}")
+            table[f"{label}, {protocol}"] = [
+                "(same features)" if i.startswith(SPECTRUM_FAMILY) and protocol != protocols[0]
+                else format_effect(part.loc[i, "effect"], part.loc[i, "verdict"]) if i in part.index else "(absent)"
+                for i in order]
+    return table
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' ``to_markdown`` needs ``tabulate``, which the study does not otherwise use)."""
+    header = [table.index.name or "", *table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([str(index), *map(str, row)]) + " |" for index, row in zip(table.index, table.values)]
+    return "\n".join(lines)

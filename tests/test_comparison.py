@@ -1,0 +1,99 @@
+"""The claims of report sets side by side (nmtune_lib.comparison): cells read back from claims.csv as written."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from nmtune_lib.comparison import compare_claims, format_effect, short_claim, to_markdown
+from nmtune_lib.summary import RULE_NEG, RULE_POS, _claim, _unjudged, claims_table
+from nmtune_lib.sweep import main
+
+TEXTS = {"1a": ("1a. Slight pre-training noise (5%, 10%) improves ID transfer (LP ID mean, noisy − clean)", +1),
+         "3a": ("3a. Noise flattens the spectrum: higher SVE (mean over noisy ratios − clean; column centring)", +1),
+         "3c": ("3c. … and more so with more noise (slope of SVE vs noise ratio, nats per 10% noise)", +1),
+         "4c": ("4c. NMTune beats MLP on ID (mean over noise ratios, NMTune − MLP)", +1)}
+
+
+def write_set(folder, per_seed: dict[str, list[float]], protocols=("reference", "matched"), unjudged=()):
+    """A report set's claims.csv, written as notebook 05 writes it (claims_table of judged Claims)."""
+    claims = []
+    for protocol in protocols:
+        for cid, (text, sign) in TEXTS.items():
+            claim = (_unjudged(text, sign, "5% or 10%") if cid in unjudged else
+                     _claim(text, np.array(per_seed[cid]), sign, "points", RULE_POS if sign > 0 else RULE_NEG))
+            claims.append(replace(claim, protocol=protocol))
+    folder.mkdir()
+    claims_table(claims).to_csv(folder / "claims.csv", index=False)
+    return folder
+
+
+def test_cells_are_the_written_effects_and_verdicts(tmp_path):
+    a = write_set(tmp_path / "default", {"1a": [-1.2, -1.5, -1.6, -1.3, -1.4], "3a": [0.04, 0.05, 0.03, 0.04, 0.04],
+                                        "3c": [0.1, -0.1, 0.05, 0.0, 0.02], "4c": [0.2, 0.1, 0.25, 0.15, 0.2]})
+    b = write_set(tmp_path / "asymmetric", {"3a": [0.3, 0.31, 0.32], "3c": [0.1, 0.09, 0.1], "4c": [5.0, -5.0, 1.0]},
+                  unjudged={"1a"})
+    table = compare_claims([a, b])
+    assert list(table.columns) == ["default, reference", "asymmetric, reference", "default, matched",
+                                   "asymmetric, matched"]
+    assert list(table.index) == ["1a. Slight pre-training noise (5%, 10%) improves ID transfer",
+                                 "3a. Noise flattens the spectrum: higher SVE",
+                                 "3c. … and more so with more noise (slope of SVE vs noise ratio)",
+                                 "4c. NMTune beats MLP on ID"]
+    cell = table.loc[table.index[0], "default, reference"]
+    mean, rest = cell.replace("−", "-").split(" ± ")
+    assert float(mean) == pytest.approx(-1.4, abs=0.05) and rest.endswith("**contradicted**")
+    assert table.loc[table.index[0], "asymmetric, matched"] == "**not judged**"
+    assert table.loc[table.index[1], "asymmetric, reference"].endswith("**supported**")
+    assert table.loc[table.index[3], "asymmetric, reference"].endswith("**inconclusive**")
+    assert (table.loc[table.index[1:3], ["default, matched", "asymmetric, matched"]] == "(same features)").all().all()
+    assert not table.loc[table.index[::3], ["default, matched"]].eq("(same features)").any().any()
+    markdown = to_markdown(table).splitlines()
+    assert markdown[0] == "| claim | " + " | ".join(table.columns) + " |" and len(markdown) == 2 + len(table)
+
+
+@pytest.mark.parametrize("effect, cell", [("-1.41 ± 1.2 points (n=5 seeds)", "−1.4 ± 1.2 **v**"),
+                                          ("+0.176 ± 0.098 points (n=5 seeds)", "+0.176 ± 0.098 **v**"),
+                                          ("-0.0085 ± 1.6 points (n=5 seeds)", "−0.01 ± 1.6 **v**"),
+                                          ("-0.00092 ± 0.0021 /10% (n=5 seeds)", "−0.00092 ± 0.0021 **v**"),
+                                          ("+0.5 points (n=1 seeds)", "+0.5 **v**"),
+                                          ("not judged: the grid lacks 5%", "**v**")])
+def test_effects_are_rounded_to_their_half_width(effect, cell):
+    assert format_effect(effect, "v") == cell
+
+
+def test_short_claim_drops_the_measure_but_keeps_what_a_continuation_is_about():
+    assert short_claim("2a. Any noise hurts OOD (LP OOD mean (over ratios) − clean)") == "2a. Any noise hurts OOD"
+    continuation = "3d. … and more so (slope of p₁ vs noise ratio, per 10%)"
+    assert short_claim(continuation) == "3d. … and more so (slope of p₁ vs noise ratio)"
+    assert short_claim("no measure") == "no measure"
+
+
+def test_bad_folders_protocols_and_labels_are_named_before_reading(tmp_path, capsys):
+    good = write_set(tmp_path / "only_reference", {c: [1.0, 2.0] for c in TEXTS}, protocols=("reference",))
+    with pytest.raises(ValueError, match="missing/claims.csv does not exist"):
+        compare_claims([good, tmp_path / "missing"])
+    with pytest.raises(ValueError, match="no protocol 'matched'"):
+        compare_claims([good])
+    with pytest.raises(ValueError, match="accepted: one folder or more, protocols among reference, matched"):
+        compare_claims([good], protocols=["ref"])
+    assert main(["compare", str(good), "--labels", "a", "b"]) == 2
+    assert "expected one label per folder (1)" in capsys.readouterr().err
+    assert main(["compare", str(good), "--protocols", "reference", "--labels", "mine"]) == 0
+    assert capsys.readouterr().out.startswith("| claim | mine, reference |")
+
+
+def test_the_readme_tables_are_what_nmtune_compare_prints_from_the_committed_reports():
+    """Each README table introduced by `nmtune compare …` holds, row for row, what that command prints now."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    found = 0
+    for match in re.finditer(r"`nmtune compare ([^`]+)`[^|]*?\n\n((?:\|.*\n)+)", readme):
+        folders = [root / f for f in shlex.split(match.group(1))]
+        expected = to_markdown(compare_claims(folders)).splitlines()[2:]  # the body; README labels its columns
+        assert match.group(2).splitlines()[2:] == expected, match.group(1)
+        found += 1
+    assert found >= 2
