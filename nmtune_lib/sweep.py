@@ -400,14 +400,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="override a StudyConfig field, e.g. --set train_subset=2000")
     lc.add_argument("--out", default=str(ROOT / "reports" / "converged"), help="(default: %(default)s)")
     cp = sub.add_parser("compare", help="the paper's claims side by side across report sets, as a Markdown table "
-                        "(nmtune_lib.comparison)")
+                        "(nmtune_lib.report_tables)")
     cp.add_argument("folders", nargs="+", help="report sets holding claims.csv, e.g. reports/default reports/clip")
     cp.add_argument("--labels", nargs="+", help="column labels, one per folder (default: the folders' names)")
     cp.add_argument("--protocols", nargs="+", default=["reference", "matched"], help="(default: %(default)s)")
+    tm = sub.add_parser("timing", help="a report set's stage times as a Markdown table (nmtune_lib.report_tables)")
+    tm.add_argument("folder", help="a report set holding timing.csv and config.yaml, e.g. reports/default")
     args = parser.parse_args(argv)
     try:
+        if args.command == "timing":
+            from .report_tables import time_table
+
+            print(time_table(args.folder))
+            return 0
         if args.command == "compare":
-            from .comparison import compare_claims, to_markdown
+            from .report_tables import compare_claims, to_markdown
 
             if args.labels and len(args.labels) != len(args.folders):
                 raise ValueError(f"--labels {args.labels}: expected one label per folder ({len(args.folders)})")

@@ -1,10 +1,11 @@
-"""The claims of report sets side by side (nmtune_lib.comparison): cells read back from claims.csv as written."""
+"""The README's tables of report sets (nmtune_lib.report_tables): claims side by side, as claims.csv holds them,
+and stage times."""
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from nmtune_lib.comparison import compare_claims, format_effect, short_claim, to_markdown
+from nmtune_lib.report_tables import compare_claims, format_effect, short_claim, time_table, to_markdown
 from nmtune_lib.summary import RULE_NEG, RULE_POS, _claim, _unjudged, claims_table
 from nmtune_lib.sweep import main
 
@@ -82,18 +83,35 @@ def test_bad_folders_protocols_and_labels_are_named_before_reading(tmp_path, cap
     assert capsys.readouterr().out.startswith("| claim | mine, reference |")
 
 
-def test_the_readme_tables_are_what_nmtune_compare_prints_from_the_committed_reports():
-    """Each README table introduced by `nmtune compare …` holds, row for row, what that command prints now."""
+def test_time_table_per_run_and_over_the_grid(tmp_path, capsys):
+    (tmp_path / "timing.csv").write_text("stage,seconds\n01_noise_injection,36.0\n04_transfer,12345.6\n"
+                                         "05_summary,16.3\ntotal,5876.6\n")
+    (tmp_path / "config.yaml").write_text("noise_ratios:\n- 0.0\n- 0.1\nseeds:\n- 0\n- 1\n- 2\n")
+    assert time_table(tmp_path).splitlines()[2:] == ["| `01_noise_injection` | 6.0 s | 36 s |",
+                                                    "| `04_transfer` | 2,058 s | 12,346 s |",
+                                                    "| `05_summary` |  | 16 s |",
+                                                    "| sweep, wall clock (6 runs) | | **5,877 s** |"]
+    (tmp_path / "config.yaml").unlink()
+    assert main(["timing", str(tmp_path)]) == 2
+    assert "config.yaml missing" in capsys.readouterr().err
+
+
+def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
+    """Each README table introduced by `nmtune compare …` or `nmtune timing …` holds, row for row, what that command
+    prints now from the committed report sets."""
     import re
     import shlex
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
-    found = 0
-    for match in re.finditer(r"`nmtune compare ([^`]+)`[^|]*?\n\n((?:\|.*\n)+)", readme):
-        folders = [root / f for f in shlex.split(match.group(1))]
-        expected = to_markdown(compare_claims(folders)).splitlines()[2:]  # the body; README labels its columns
-        assert match.group(2).splitlines()[2:] == expected, match.group(1)
-        found += 1
-    assert found >= 2
+    found = []
+    for match in re.finditer(r"`nmtune (compare|timing) ([^`]+)`[^|]{0,400}?\n\n((?:\|.*\n)+)", readme):
+        command, args, table = match.groups()
+        folders = [root / f for f in shlex.split(args)]
+        if command == "compare":  # the body: the README labels its columns
+            assert table.splitlines()[2:] == to_markdown(compare_claims(folders)).splitlines()[2:], args
+        else:
+            assert table.splitlines() == time_table(*folders).splitlines(), args
+        found.append(command)
+    assert found.count("compare") >= 2 and found.count("timing") >= 1

@@ -1,11 +1,13 @@
-"""The paper's claims side by side across report sets (regimes, noise kinds): one Markdown table from their claims.csv.
+"""Markdown tables of committed report sets, as the README quotes them: every number in them from the set's files.
 
-``nmtune compare reports/default reports/asymmetric`` prints the table the README shows for each comparison, so
-that every cell in it comes from a committed ``claims.csv``: a row per claim, a column per (set, protocol), each cell
-the effect and the verdict in bold. The effect is the mean ± the 95 % half-width over seeds, the mean rounded to the
-half-width's last digit (one digit further if that leaves it under two significant digits). The spectrum claims
-(3a–3d) are judged on the backbone's features, which every protocol shares, so they are written once, under the
-first protocol.
+- ``nmtune compare reports/default reports/asymmetric``: the paper's claims side by side across report sets
+  (regimes, noise kinds), from their ``claims.csv``. A row per claim, a column per (set, protocol), each cell the
+  effect and the verdict in bold. The effect is the mean ± the 95 % half-width over seeds, the mean rounded to the
+  half-width's last digit (one digit further if that leaves it under two significant digits). The spectrum claims
+  (3a–3d) are judged on the backbone's features, which every protocol shares, so they are written once, under the
+  first protocol.
+- ``nmtune timing reports/default``: the stage times of the sweep that made the set (``timing.csv``), per run and
+  over the grid's runs (``config.yaml``), and its wall clock.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
+import yaml
 
 PROTOCOLS = ("reference", "matched")
 SPECTRUM_FAMILY = "3"  # claims 3a–3d: on the features, the same under every protocol
@@ -90,3 +93,28 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join([str(index), *map(str, row)]) + " |" for index, row in zip(table.index, table.values)]
     return "\n".join(lines)
+
+
+def time_table(folder: str | Path) -> str:
+    """A report set's ``timing.csv`` as a Markdown table: per notebook the seconds per (noise ratio, seed) run and
+    over all runs (``05_summary`` runs once), then the sweep's wall clock (the ``total`` row)."""
+    folder = Path(folder)
+    paths = [folder / "timing.csv", folder / "config.yaml"]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} missing: pass a report folder written by 'nmtune report' after a "
+                         "sweep (it holds timing.csv and config.yaml), e.g. reports/default")
+    seconds = pd.read_csv(paths[0]).set_index("stage")["seconds"]
+    config = yaml.safe_load(paths[1].read_text())
+    runs = len(config["noise_ratios"]) * len(config["seeds"])
+    lines = ["| stage | per run (1 core) | all runs |", "|---|---|---|"]
+    for stage, value in seconds.drop("total").items():
+        per_run = "" if stage == "05_summary" else _seconds(value / runs)
+        lines.append(f"| `{stage}` | {per_run} | {_seconds(value)} |")
+    lines.append(f"| sweep, wall clock ({runs} runs) | | **{_seconds(seconds['total'])}** |")
+    return "\n".join(lines)
+
+
+def _seconds(value: float) -> str:
+    """7.2 s, 44 s, 1,109 s."""
+    return f"{value:.1f} s" if value < 10 else f"{value:,.0f} s"
