@@ -406,8 +406,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp.add_argument("--protocols", nargs="+", default=["reference", "matched"], help="(default: %(default)s)")
     tm = sub.add_parser("timing", help="a report set's stage times as a Markdown table (nmtune_lib.report_tables)")
     tm.add_argument("folder", help="a report set holding timing.csv and config.yaml, e.g. reports/default")
+    mm = sub.add_parser("memorisation", help="flipped labels predicted by each noisy run's backbone vs the clean "
+                        "backbone of its seed; writes <out>/<preset>/memorisation.csv (nmtune_lib.memorisation)")
+    mm.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
+    mm.add_argument("--run-root", default="", help="the sweep's run root (default: $NMTUNE_RUNS, else <project "
+                    "root>/runs)")
+    mm.add_argument("--out", default=str(ROOT / "reports"), help="report folder (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "memorisation":
+            from .memorisation import memorisation_frame, memorisation_table
+
+            study = _study_from_args(args)
+            frame = memorisation_frame(study)
+            (Path(args.out) / study.config.preset).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(args.out) / study.config.preset / "memorisation.csv", frame.to_csv(index=False))
+            print(memorisation_table(frame))
+            return 0
         if args.command == "timing":
             from .report_tables import time_table
 

@@ -3,9 +3,11 @@ and stage times."""
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from nmtune_lib.report_tables import compare_claims, format_effect, short_claim, time_table, to_markdown
+from nmtune_lib.memorisation import memorisation_table
 from nmtune_lib.summary import RULE_NEG, RULE_POS, _claim, _unjudged, claims_table
 from nmtune_lib.sweep import main
 
@@ -114,4 +116,9 @@ def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
         else:
             assert table.splitlines() == time_table(*folders).splitlines(), args
         found.append(command)
-    assert found.count("compare") >= 2 and found.count("timing") >= 1
+    assert found.count("compare") >= 3 and found.count("timing") >= 2
+    memorisation = re.findall(r"`nmtune memorisation --preset (\w+)`:\n\n((?:\|.*\n)+)", readme)
+    for preset, table in memorisation:
+        frame = pd.read_csv(root / "reports" / preset / "memorisation.csv")
+        assert table.strip() == memorisation_table(frame), preset
+    assert len(memorisation) >= 2
