@@ -22,7 +22,7 @@ def memorisation_frame(study, device: str = "cpu") -> pd.DataFrame:
     from .checkpoints import load_pretrained
     from .data import pretraining_data
     from .recipe import memo_index, predict
-    from .run import PRETRAIN_SUMMARY, Run
+    from .run import PRETRAIN_SUMMARY
 
     config = study.config
     if config.objective != "supervised":
