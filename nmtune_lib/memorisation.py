@@ -21,7 +21,7 @@ def memorisation_frame(study, device: str = "cpu") -> pd.DataFrame:
     samples scored), own, clean_net, excess (own − clean_net)."""
     from .checkpoints import load_pretrained
     from .data import pretraining_data
-    from .recipe import memo_index, predict
+    from .recipe import memo_subset, predict
     from .run import PRETRAIN_SUMMARY
 
     config = study.config
@@ -39,13 +39,11 @@ def memorisation_frame(study, device: str = "cpu") -> pd.DataFrame:
     for seed in sorted({r.seed for r in noisy_runs}):
         clean_net, _ = load_pretrained(clean_runs[seed], device)
         for run in sorted((r for r in noisy_runs if r.seed == seed), key=lambda r: r.noise_ratio):
-            noisy = torch.from_numpy(np.load(run.noisy_labels))
-            memo = memo_index(noisy != train.labels, seed)
-            images = (train.images[memo] if train.images is not None else train.decode(memo)).to(device)
-            target = noisy[memo].to(device)
+            images, target, _ = memo_subset(train, torch.from_numpy(np.load(run.noisy_labels)), seed)
+            images, target = images.to(device), target.to(device)
             own_net, _ = load_pretrained(run, device)
             own, clean = ((predict(net, images) == target).double().mean().item() for net in (own_net, clean_net))
-            rows.append(dict(noise_ratio=run.noise_ratio, seed=seed, scored=len(memo), own=own, clean_net=clean,
+            rows.append(dict(noise_ratio=run.noise_ratio, seed=seed, scored=len(target), own=own, clean_net=clean,
                              excess=own - clean))
     return pd.DataFrame(rows)
 

@@ -149,6 +149,14 @@ def memo_index(flipped: torch.Tensor, seed: int) -> torch.Tensor:
     return index
 
 
+def memo_subset(train_set, noisy_labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The scored flipped subset (``memo_index``) of a run: its images (from a streamed split, decoded into memory
+    once), noisy labels and clean labels, on the CPU."""
+    memo = memo_index(noisy_labels != train_set.labels, seed)
+    images = train_set.images[memo] if train_set.images is not None else train_set.decode(memo)
+    return images, noisy_labels[memo], train_set.labels[memo]
+
+
 def clean_test_data(test_set, *, device: torch.device, workers: int = 0) -> dict:
     """The clean test split for ``clean_test_accuracy``: on the device, or (streamed, ``images`` None;
     nmtune_lib.streaming) a DataLoader that reads it at every evaluation."""
@@ -173,10 +181,9 @@ def clean_test_accuracy(backbone: nn.Module, data: dict, *, device: torch.device
 def evaluation_data(train_set, noisy, test_set, *, seed: int, device: torch.device, workers: int = 0) -> dict:
     """On the device: the clean test split (``clean_test_data``), and the scored subset of flipped training samples
     with both labels (at most MEMO_SAMPLES; from a streamed split, decoded into memory once)."""
-    memo = memo_index(noisy.flipped, seed)
-    memo_images = train_set.images[memo] if train_set.images is not None else train_set.decode(memo)
-    return dict(clean_test_data(test_set, device=device, workers=workers), memo_images=memo_images.to(device),
-                memo_noisy=noisy.labels[memo].to(device), memo_clean=train_set.labels[memo].to(device))
+    images, noisy_labels, clean_labels = memo_subset(train_set, noisy.labels, seed)
+    return dict(clean_test_data(test_set, device=device, workers=workers), memo_images=images.to(device),
+                memo_noisy=noisy_labels.to(device), memo_clean=clean_labels.to(device))
 
 
 def evaluate(backbone: nn.Module, data: dict, *, autocast: bool) -> dict[str, float]:
