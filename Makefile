@@ -15,8 +15,12 @@ study: setup data
 	$(VENV)/bin/nmtune sweep --preset $(PRESET) --jobs $(JOBS)
 	$(VENV)/bin/nmtune report --preset $(PRESET)
 
+# Two pytest workers (pytest-xdist), whole test files to each: most of the suite's time is single-threaded
+# (notebook kernels starting and importing torch): on 2 cores two at a time took 10 min 16 s, one at a time 17-20 min.
+# The smoke sweep the tests share is run once for both workers (tests/conftest.py).
+TEST_JOBS ?= 2
 test: setup data
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
 
 setup: $(STAMP)
 

@@ -58,10 +58,17 @@ def nmtune_sweep(run_root: Path, *extra: str, **kwargs) -> subprocess.CompletedP
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory):
     """The run root of one complete smoke sweep (notebooks 01-05), shared by the test session: read it, or copy it
-    before changing anything in it."""
-    root = tmp_path_factory.mktemp("sweep")
-    result = nmtune_sweep(root, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    before changing anything in it. Under pytest-xdist (``make test`` runs two workers) the workers share one: the
+    first to ask runs it, the others wait for it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: <session>/popen-gwN
+    root = shared / "smoke-sweep"
+    with FileLock(str(shared / "smoke-sweep.lock")):
+        if not (root / "smoke" / "05_summary.done").exists():
+            result = nmtune_sweep(root, timeout=900)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root
 
 
