@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import PROJECT_ROOT as ROOT
-from .config import StudyConfig, parse_assignments, resolve_run_root
+from .config import PRESETS, StudyConfig, parse_assignments, resolve_run_root
 from .files import atomic_write_json, atomic_write_text
 from .lock import RunRootBusy, run_root_lock
 from .markers import is_done, mark_done, step_key
@@ -356,8 +356,16 @@ def _study_from_args(args: argparse.Namespace) -> Study:
     return Study(StudyConfig.from_preset(args.preset, **grid, **parse_assignments(getattr(args, "overrides", []))))
 
 
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset, --run-root and --out of the commands that read a finished sweep (report, memorisation)."""
+    parser.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
+    parser.add_argument("--run-root", default="", help="the sweep's run root (default: $NMTUNE_RUNS, else <project "
+                        "root>/runs)")
+    parser.add_argument("--out", default=str(ROOT / "reports"), help="report folder (default: %(default)s)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from .config import NOISE_KINDS, PRESETS
+    from .config import NOISE_KINDS
     from .data import DATASETS
 
     parser = argparse.ArgumentParser(prog="nmtune", description=__doc__.splitlines()[0])
@@ -387,10 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sl.add_argument("--mem-gb", type=float, default=8.0, help="(default: %(default)s)")
     sl.add_argument("--time-min", type=int, default=240, help="time limit per run, minutes (default: %(default)s)")
     rp = sub.add_parser("report", help="render executed notebooks to HTML with an index")
-    rp.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
-    rp.add_argument("--run-root", default="", help="the sweep's run root (default: $NMTUNE_RUNS, else <project "
-                    "root>/runs)")
-    rp.add_argument("--out", default=str(ROOT / "reports"), help="report folder (default: %(default)s)")
+    _report_arguments(rp)
     rp.add_argument("--all-seeds", action="store_true", help="render every seed, not only seed 0")
     lc = sub.add_parser("learning-curve", help="pre-train one seed for several schedule lengths at a clean and a "
                         "noisy ratio; write learning_curve.csv and .png (nmtune_lib.learning_curve)")
@@ -414,10 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tm.add_argument("folder", help="a report set holding timing.csv and config.yaml, e.g. reports/default")
     mm = sub.add_parser("memorisation", help="flipped labels predicted by each noisy run's backbone vs the clean "
                         "backbone of its seed; writes <out>/<preset>/memorisation.csv (nmtune_lib.memorisation)")
-    mm.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
-    mm.add_argument("--run-root", default="", help="the sweep's run root (default: $NMTUNE_RUNS, else <project "
-                    "root>/runs)")
-    mm.add_argument("--out", default=str(ROOT / "reports"), help="report folder (default: %(default)s)")
+    _report_arguments(mm)
     args = parser.parse_args(argv)
     try:
         if args.command == "memorisation":
