@@ -86,6 +86,16 @@ def summary_parameters(study: Study, overrides: dict[str, Any]) -> dict[str, Any
     return {k: v for k, v in values.items() if k in declared}
 
 
+def execute_notebook(name: str, out: Path, parameters: dict[str, Any], *, cwd: Path = ROOT) -> None:
+    """Execute notebooks/<name>.ipynb into ``out`` with papermill: the venv's python3 kernel, started in ``cwd`` and
+    killed after its last cell (``KERNEL_SHUTDOWN``); a failing cell raises and leaves the partial notebook."""
+    import papermill as pm
+
+    os.environ.setdefault("JUPYTER_PATH", str(Path(sys.prefix) / "share" / "jupyter"))  # the venv's kernel first
+    pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out), parameters=parameters, kernel_name="python3",
+                        cwd=str(cwd), progress_bar=False, log_output=False, shutdown_kernel=KERNEL_SHUTDOWN)
+
+
 def execute(name: str, out_dir: Path, parameters: dict[str, Any], files: tuple[dict[str, Path], dict[str, Path]]
             ) -> dict[str, Any]:
     """Run one notebook unless its marker says it is done (markers.py); return the marker (or raise on a failing cell).
@@ -93,8 +103,6 @@ def execute(name: str, out_dir: Path, parameters: dict[str, Any], files: tuple[d
     ``files``: the step's (inputs, outputs). The executed notebook is written to ``out_dir/<name>.ipynb`` (kept when
     a cell fails, for inspection).
     """
-    import papermill as pm
-
     inputs, outputs = files
     marker = out_dir / f"{name}.done"
     key = step_key(parameters, inputs)  # hashes the input files: once, for the check and the new marker
@@ -103,11 +111,8 @@ def execute(name: str, out_dir: Path, parameters: dict[str, Any], files: tuple[d
         return {**done, "skipped": True}
     marker.unlink(missing_ok=True)  # stale: parameters, an input or an output changed; redo
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("JUPYTER_PATH", str(Path(sys.prefix) / "share" / "jupyter"))  # the venv's kernel first
     start = time.perf_counter()
-    pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"), parameters=parameters,
-                        kernel_name="python3", cwd=str(ROOT), progress_bar=False, log_output=False,
-                        shutdown_kernel=KERNEL_SHUTDOWN)
+    execute_notebook(name, out_dir / f"{name}.ipynb", parameters)
     return mark_done(marker, key, outputs, notebook=name, seconds=round(time.perf_counter() - start, 2),
                      finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
@@ -427,8 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             study = _study_from_args(args)
             frame = memorisation_frame(study)
-            (Path(args.out) / study.config.preset).mkdir(parents=True, exist_ok=True)
-            atomic_write_text(Path(args.out) / study.config.preset / "memorisation.csv", frame.to_csv(index=False))
+            out = Path(args.out) / study.config.preset
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "memorisation.csv", frame.to_csv(index=False))
             print(memorisation_table(frame))
             return 0
         if args.command == "timing":

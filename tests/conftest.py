@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nmtune_lib.data import fashion_mnist_search_path  # noqa: E402
-from nmtune_lib.sweep import KERNEL_SHUTDOWN  # noqa: E402
+from nmtune_lib.sweep import execute_notebook  # noqa: E402
 
 FMNIST_PRESENT = any((p / "train-images-idx3-ubyte.gz").is_file() for p in fashion_mnist_search_path())
 needs_fmnist = pytest.mark.skipif(
@@ -34,14 +34,11 @@ def one_torch_thread():
 
 
 def run_notebook(name: str, out_dir: Path, *, cwd: Path = ROOT, **parameters):
-    """Execute notebooks/<name>.ipynb with papermill (kernel python3 from this venv, started in ``cwd``) and return
-    the output path."""
-    import papermill as pm
-
+    """Execute notebooks/<name>.ipynb with papermill as the sweep does (``sweep.execute_notebook``: kernel python3
+    from this venv, started in ``cwd``) and return the output path."""
     os.environ["JUPYTER_PATH"] = str(Path(sys.prefix) / "share" / "jupyter")  # the venv's kernelspec first
     out = out_dir / f"{name}.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), parameters=parameters,
-                        kernel_name="python3", cwd=str(cwd), progress_bar=False, shutdown_kernel=KERNEL_SHUTDOWN)
+    execute_notebook(name, out, parameters, cwd=cwd)
     return out
 
 
