@@ -253,21 +253,26 @@ def _uci_digits(split: str) -> ImageSet:
 
 
 def pretraining_data(config) -> tuple[ImageSet, ImageSet]:
-    """(train, test) splits of ``config.dataset`` (``ImageSet``s, or ``streaming.StreamedSplit``s with
-    ``config.stream``); ``config.train_subset > 0`` keeps a fixed stratified subset of the
-    training split (the same for every noise ratio and seed, so runs differ only in their labels)."""
+    """(train, test) splits of ``config.dataset`` (``pretraining_split`` of each)."""
+    return pretraining_split(config, "train"), pretraining_split(config, "test")
+
+
+def pretraining_split(config, split: str) -> ImageSet:
+    """The ``split`` ("train" or "test") of ``config.dataset`` (an ``ImageSet``, or a ``streaming.StreamedSplit``
+    with ``config.stream``); ``config.train_subset > 0`` keeps a fixed stratified subset of the training split (the
+    same for every noise ratio and seed, so runs differ only in their labels)."""
     root, size = config.data_root or None, config.img_size
     if config.dataset in FOLDER_DATASETS:  # scanned once; decoded into memory (what is kept) unless streamed
         from .streaming import streamed_split
 
-        train, test = (streamed_split(config.dataset, split, root, size) for split in ("train", "test"))
+        images = streamed_split(config.dataset, split, root, size)
     else:
-        train, test = (load_dataset(config.dataset, split, root, img_size=size) for split in ("train", "test"))
-    if config.train_subset:
-        train = train.subset(stratified_subset(train.labels, config.train_subset, SPLIT_SEED))
+        images = load_dataset(config.dataset, split, root, img_size=size)
+    if split == "train" and config.train_subset:
+        images = images.subset(stratified_subset(images.labels, config.train_subset, SPLIT_SEED))
     if config.dataset in FOLDER_DATASETS and not getattr(config, "stream", False):
-        train, test = train.in_memory(), test.in_memory()
-    return train, test
+        images = images.in_memory()
+    return images
 
 
 def analysis_images(config, analysis_dataset: str = "", *, subset_seed: int = 0) -> ImageSet:

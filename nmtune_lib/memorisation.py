@@ -20,7 +20,7 @@ def memorisation_frame(study, device: str = "cpu") -> pd.DataFrame:
     """One row per finished noisy run whose seed has a finished clean run: noise_ratio, seed, scored (flipped
     samples scored), own, clean_net, excess (own − clean_net)."""
     from .checkpoints import load_pretrained
-    from .data import pretraining_data
+    from .data import pretraining_split
     from .recipe import memo_subset, predict
     from .run import PRETRAIN_SUMMARY
 
@@ -34,7 +34,7 @@ def memorisation_frame(study, device: str = "cpu") -> pd.DataFrame:
     if not noisy_runs:
         raise ValueError(f"no finished noisy run with a finished clean (0 %) run of the same seed under "
                          f"{study.runs_dir}: run 'nmtune sweep --preset {config.preset}' with noise ratio 0 first")
-    train, _ = pretraining_data(config)
+    train = pretraining_split(config, "train")
     rows = []
     for seed in sorted({r.seed for r in noisy_runs}):
         clean_net, _ = load_pretrained(clean_runs[seed], device)

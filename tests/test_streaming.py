@@ -9,7 +9,7 @@ import torch
 
 from nmtune_lib.checkpoints import load_pretrained
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.data import pretraining_data
+from nmtune_lib.data import pretraining_data, pretraining_split
 from nmtune_lib.noise import noisy_labels_for_run
 from nmtune_lib.pretrain import pretrain
 from nmtune_lib.run import Run
@@ -45,6 +45,10 @@ def test_streamed_split_is_a_scanned_file_list_recorded_in_the_manifest(folder_d
     subset, _ = pretraining_data(config.replace(stream=False, train_subset=30))
     assert subset.file_list_sha256 == pretraining_data(config.replace(train_subset=30))[0].file_list_sha256
     assert subset.file_list_sha256 != train.file_list_sha256
+    # one split alone: the same files; the subset is of the training split only
+    subset_config = config.replace(train_subset=30)
+    assert pretraining_split(subset_config, "train").file_list_sha256 == subset.file_list_sha256
+    assert pretraining_split(subset_config, "test").file_list_sha256 == test.file_list_sha256 and len(test) == 60
 
 
 def test_streamed_pretraining_learns_and_replays_exactly_with_workers_and_after_resume(folder_data_root, tmp_path):
