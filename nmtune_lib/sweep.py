@@ -361,9 +361,18 @@ def _study_from_args(args: argparse.Namespace) -> Study:
     return Study(StudyConfig.from_preset(args.preset, **grid, **parse_assignments(getattr(args, "overrides", []))))
 
 
+def _preset_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
+
+
+def _set_argument(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a StudyConfig field, e.g. --set {example}")
+
+
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset, --run-root and --out of the commands that read a finished sweep (report, memorisation)."""
-    parser.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
+    _preset_argument(parser)
     parser.add_argument("--run-root", default="", help="the sweep's run root (default: $NMTUNE_RUNS, else <project "
                         "root>/runs)")
     parser.add_argument("--out", default=str(ROOT / "reports"), help="report folder (default: %(default)s)")
@@ -376,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nmtune", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sw = sub.add_parser("sweep", help="execute notebooks 01-04 per (noise ratio, seed), then 05")
-    sw.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
+    _preset_argument(sw)
     sw.add_argument("--noise-ratios", nargs="+", type=float, help="default: the preset's")
     sw.add_argument("--seeds", nargs="+", type=int, help="default: the preset's")
     sw.add_argument("--noise-kind", choices=list(NOISE_KINDS), help="default: the preset's")
@@ -384,8 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--jobs", type=int, default=1, help="(ratio, seed) runs in parallel processes (default: %(default)s)")
     sw.add_argument("--run-root", default="", help="root of the run directories (default: $NMTUNE_RUNS, else "
                     "<project root>/runs; a relative path is taken from the project root)")
-    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a StudyConfig field in every notebook, e.g. --set epochs=3")
+    _set_argument(sw, "epochs=3 (in every notebook)")
     sw.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
                     help="a notebook parameter (e.g. device=cpu), passed to the notebooks that declare it")
     sw.add_argument("--no-summary", action="store_true", help="skip notebook 05")
@@ -404,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rp.add_argument("--all-seeds", action="store_true", help="render every seed, not only seed 0")
     lc = sub.add_parser("learning-curve", help="pre-train one seed for several schedule lengths at a clean and a "
                         "noisy ratio; write learning_curve.csv and .png (nmtune_lib.learning_curve)")
-    lc.add_argument("--preset", default="default", choices=list(PRESETS), help="(default: %(default)s)")
+    _preset_argument(lc)
     lc.add_argument("--epochs", nargs="+", type=int, default=[2, 5, 10, 20, 40],
                     help="schedule lengths (default: %(default)s)")
     lc.add_argument("--noise-ratios", nargs="+", type=float, default=[0.0, 0.3], help="(default: %(default)s)")
@@ -412,8 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lc.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default: %(default)s)")
     lc.add_argument("--run-root", default="runs/learning_curve", help="(default: %(default)s, below the project "
                     "root; one folder per schedule length)")
-    lc.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a StudyConfig field, e.g. --set train_subset=2000")
+    _set_argument(lc, "train_subset=2000")
     lc.add_argument("--out", default=str(ROOT / "reports" / "converged"), help="(default: %(default)s)")
     cp = sub.add_parser("compare", help="the paper's claims side by side across report sets, as a Markdown table "
                         "(nmtune_lib.report_tables)")
@@ -427,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _report_arguments(mm)
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "jobs", 1) < 1:
+            raise ValueError(f"--jobs {args.jobs}: expected an integer >= 1")
         if args.command == "memorisation":
             from .memorisation import memorisation_frame, memorisation_table
 
@@ -452,8 +461,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "learning-curve":
             from .learning_curve import learning_curve
 
-            if args.jobs < 1:
-                raise ValueError(f"--jobs {args.jobs}: expected an integer >= 1")
             config = StudyConfig.from_preset(args.preset, **parse_assignments(args.overrides),
                                              run_root=str(resolve_run_root(args.run_root)))
             csv = learning_curve(config, args.epochs, args.noise_ratios, args.seed, Path(args.out), jobs=args.jobs)
@@ -463,8 +470,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             _lift_grid_fields(args)
         study = _study_from_args(args)
         if args.command == "sweep":
-            if args.jobs < 1:
-                raise ValueError(f"--jobs {args.jobs}: expected an integer >= 1")
             slurm = None
             if args.executor == "slurm":
                 from .slurm import SlurmResources
