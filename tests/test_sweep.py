@@ -159,6 +159,13 @@ def test_report_index_links_every_rendered_notebook(smoke_sweep, tmp_path):
             assert "data:image/png;base64" in (tmp_path / "smoke" / page).read_text()  # figures embedded
     assert "<table>" in index and any(v in index for v in ("supported", "inconclusive", "contradicted"))
     assert (tmp_path / "smoke" / "timing.csv").exists() and 'href="config.yaml"' in index
+    from PIL import Image  # the summary's figures, copied for the index: compacted like the pages' figures
+
+    figures = sorted((smoke_sweep / "smoke").glob("*.png"))
+    assert figures
+    for figure in figures:
+        copied = tmp_path / "smoke" / figure.name
+        assert Image.open(copied).mode == "P" and copied.stat().st_size < figure.stat().st_size, figure.name
     # nbconvert's theme is written once, in the reports root, and linked from every page of every report set
     sheets = list(tmp_path.glob("nbconvert-*.css"))
     assert len(sheets) == 1 and sheets[0].stat().st_size > 100_000
