@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .config import PROJECT_ROOT as ROOT
 from .config import PRESETS, StudyConfig, parse_assignments, resolve_run_root
@@ -232,8 +232,9 @@ def sweep(study: Study, overrides: dict[str, Any], *, jobs: int = 1, summary: bo
         check_cluster()
     with run_root_lock(config.run_root, wait=wait):
         start = time.time()
-        if slurm is None:
-            timings, skipped, failures = _run_chains(study, runs, jobs)
+        if slurm is None:  # the invocation's time is logged after every finished run: a killed sweep's counts too
+            timings, skipped, failures = _run_chains(study, runs, jobs, on_run=lambda ran: record_timing(
+                study, resolved, jobs=jobs, started=start, ran=ran))
         else:
             timings, skipped, failures = run_chains_on_slurm(study, runs, slurm)
         if summary and not failures:
@@ -257,8 +258,10 @@ def sweep(study: Study, overrides: dict[str, Any], *, jobs: int = 1, summary: bo
     return len(failures)
 
 
-def _run_chains(study: Study, runs: list[RunSpec], jobs: int) -> tuple[dict[str, float], dict[str, int], list[str]]:
-    """Every run's chain in ``jobs`` workers; (seconds per notebook, skips per notebook, failure messages)."""
+def _run_chains(study: Study, runs: list[RunSpec], jobs: int, on_run: Callable[[dict[str, float]], None] | None = None
+                ) -> tuple[dict[str, float], dict[str, int], list[str]]:
+    """Every run's chain in ``jobs`` workers; (seconds per notebook, skips per notebook, failure messages).
+    ``on_run(seconds per notebook so far)`` is called after each finished run."""
     from tqdm.auto import tqdm
 
     jobs = max(1, min(jobs, len(runs)))
@@ -274,6 +277,8 @@ def _run_chains(study: Study, runs: list[RunSpec], jobs: int) -> tuple[dict[str,
             bar.update(1)
             if tally(result, timings, skipped, failures):
                 tqdm.write(f"FAILED {result['run_dir']}: {result['error']}", file=sys.stdout)
+            if on_run is not None and result["seconds"]:
+                on_run(dict(timings))
     except BaseException:  # Ctrl-C or a crash of the sweep itself: its workers and their kernels end with it
         _kill_descendants()
         raise
@@ -301,15 +306,17 @@ def record_timing(study: Study, resolved: StudyConfig, *, jobs: int | str, start
     """Write the study folder's ``config.yaml`` (the resolved config) and ``timing.csv``: per notebook the seconds
     its executions took, summed over the grid's runs (from their markers, so resumed work counts once), and a
     ``total`` row with the wall-clock seconds of the sweep invocations that ran notebooks (``sweeps.json`` keeps one
-    entry per invocation: start, wall time, jobs, cores, seconds per notebook)."""
+    entry per invocation: start, wall time, jobs, cores, seconds per notebook). Called again by the same invocation
+    (same ``started``), it updates that invocation's entry."""
     from .markers import read_marker
 
     study.dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(study.path("config.yaml"), resolved.to_yaml())
     log_path = study.path("sweeps.json")
-    log = json.loads(log_path.read_text()) if log_path.exists() else []
-    log.append(dict(started=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                    wall_seconds=round(time.time() - started, 1), jobs=jobs, cores=os.cpu_count(), ran=ran))
+    entry = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), pid=os.getpid(),
+                 wall_seconds=round(time.time() - started, 1), jobs=jobs, cores=os.cpu_count(), ran=ran)
+    log = [e for e in (json.loads(log_path.read_text()) if log_path.exists() else [])
+           if (e["started"], e.get("pid")) != (entry["started"], entry["pid"])] + [entry]
     atomic_write_json(log_path, log)
     stages: dict[str, float] = {}
     markers = [(name, run.dir / f"{name}.done") for run in study.runs() for name in RUN_NOTEBOOKS]

@@ -81,6 +81,25 @@ def test_the_sweep_records_its_config_and_stage_times(smoke_sweep):
     stages = ["01_noise_injection", "02_pretrain", "03_spectrum", "04_transfer", "05_summary"]
     assert list(timing.index) == [*stages, "total"] and (timing > 0).all()
     assert timing["total"] < timing[stages].sum() * 1.5 + 60  # wall clock of the sweep, not a sum of anything else
+    log = json.loads((smoke_sweep / "smoke" / "sweeps.json").read_text())  # logged after each run, then at the end:
+    assert len(log) == 1 and set(log[0]["ran"]) == set(stages)  # one entry per invocation, updated
+
+
+def test_a_killed_sweep_keeps_the_time_of_its_finished_runs_in_the_total(tmp_path):
+    from nmtune_lib.config import StudyConfig
+    from nmtune_lib.run import Study
+    from nmtune_lib.sweep import record_timing
+
+    study = Study(StudyConfig.from_preset("smoke", run_root=str(tmp_path)))
+    first = time.time() - 100
+    record_timing(study, study.config, jobs=2, started=first, ran={"02_pretrain": 40.0})  # after its first run
+    record_timing(study, study.config, jobs=2, started=first, ran={"02_pretrain": 80.0})  # its second; then killed
+    log = json.loads(study.path("sweeps.json").read_text())
+    assert len(log) == 1 and log[0]["ran"] == {"02_pretrain": 80.0} and log[0]["wall_seconds"] >= 100
+    record_timing(study, study.config, jobs=2, started=time.time() - 50, ran={"03_spectrum": 10.0})  # the resumed
+    log = json.loads(study.path("sweeps.json").read_text())
+    total = float(study.path("timing.csv").read_text().splitlines()[-1].split(",")[1])
+    assert len(log) == 2 and total == pytest.approx(sum(e["wall_seconds"] for e in log), abs=0.11) and total >= 150
 
 
 def test_online_views_run_through_the_whole_sweep_on_a_cpu(tmp_path):
