@@ -42,7 +42,7 @@ data:
 	  echo "data: Fashion-MNIST from $(FMNIST)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "data: installing Debian package dataset-fashion-mnist"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null; \
 	else \
 	  echo "data: Fashion-MNIST not found. Either 'sudo apt-get install dataset-fashion-mnist'," \
 	       "or set NMTUNE_DATA to a folder with the four idx .gz files" \

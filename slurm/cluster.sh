@@ -2,9 +2,10 @@
 # A real one-node Slurm cluster on this machine: munge, MariaDB + slurmdbd (accounting, so sacct and submitit can
 # see job states), slurmctld and slurmd, all on localhost; the node's CPUs and memory are the machine's.
 #
-#   slurm/cluster.sh up      install what is missing (Debian: slurm-wlm, slurmdbd, munge, mariadb-server; as
-#                            root), write the configuration, start the daemons; idempotent (a running cluster is
-#                            left as it is)
+#   slurm/cluster.sh up      install what is missing (Debian: slurm-wlm, slurmdbd, munge, mariadb-server, without
+#                            their recommended packages: Slurm's HDF5, InfluxDB, ROCm… plugins and MariaDB's
+#                            compression providers, none used here; as root), write the configuration, start the
+#                            daemons; idempotent (a running cluster is left as it is)
 #   slurm/cluster.sh down    cancel every job and stop the daemons
 #   slurm/cluster.sh status  sinfo, or exit 1 if the controller does not answer
 #
@@ -47,7 +48,7 @@ install() {
   if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 }
 
