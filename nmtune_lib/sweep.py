@@ -385,7 +385,8 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=str(ROOT / "reports"), help="report folder (default: %(default)s)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nmtune`` command line (``main`` runs it; the tests parse the README's commands with it)."""
     from .config import NOISE_KINDS
     from .data import DATASETS
 
@@ -439,6 +440,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     mm = sub.add_parser("memorisation", help="flipped labels predicted by each noisy run's backbone vs the clean "
                         "backbone of its seed; writes <out>/<preset>/memorisation.csv (nmtune_lib.memorisation)")
     _report_arguments(mm)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if getattr(args, "jobs", 1) < 1:

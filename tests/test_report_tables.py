@@ -99,22 +99,25 @@ def test_time_table_per_run_and_over_the_grid(tmp_path, capsys):
 
 
 def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
-    """Each README table introduced by `nmtune compare …` or `nmtune timing …` holds, row for row, what that command
-    prints now from the committed report sets."""
+    """Each README table introduced by `nmtune compare …` or `nmtune timing …` holds, header and rows, what that
+    command prints now from the committed report sets."""
     import re
     import shlex
     from pathlib import Path
 
+    from nmtune_lib.sweep import build_parser
+
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
     found = []
-    for match in re.finditer(r"`nmtune (compare|timing) ([^`]+)`[^|]{0,400}?\n\n((?:\|.*\n)+)", readme):
-        command, args, table = match.groups()
-        folders = [root / f for f in shlex.split(args)]
-        if command == "compare":  # the body: the README labels its columns
-            assert table.splitlines()[2:] == to_markdown(compare_claims(folders)).splitlines()[2:], args
+    for match in re.finditer(r"`(nmtune (compare|timing) [^`]+)`[^|]{0,400}?\n\n((?:\|.*\n)+)", readme):
+        line, command, table = match.groups()
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        if command == "compare":
+            printed = to_markdown(compare_claims([root / f for f in args.folders], args.protocols, args.labels))
         else:
-            assert table.splitlines() == time_table(*folders).splitlines(), args
+            printed = time_table(root / args.folder)
+        assert table.splitlines() == printed.splitlines(), line
         found.append(command)
     assert found.count("compare") >= 3 and found.count("timing") >= 2
     memorisation = re.findall(r"`nmtune memorisation --preset (\w+)`:\n\n((?:\|.*\n)+)", readme)
