@@ -21,6 +21,21 @@ from .reference import METHODS
 
 NOISE_KINDS = ("symmetric", "asymmetric", "instance", "caption_swap")  # caption_swap: objective=clip only
 OBJECTIVES = ("supervised", "clip")
+
+
+def ratio_label(ratio: float) -> str:
+    """A noise ratio as a fraction with two decimals, or as many more as it needs (at most 6, which ``_check_values``
+    asks of a grid): ``"0.05"``, ``"0.025"``. Names run folders and figure legends, one per ratio."""
+    for decimals in range(2, 6):
+        label = f"{ratio:.{decimals}f}"
+        if abs(float(label) - ratio) < 1e-12:
+            return label
+    return f"{ratio:.6f}"
+
+
+def ratio_percent(ratio: float) -> str:
+    """A noise ratio in per cent with the decimals it needs: ``"5%"``, ``"2.5%"`` (for tables and titles)."""
+    return f"{round(100 * ratio, 4):g}%"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HEAD_MODES = ("cached", "online")
 CENTERINGS = ("column", "row", "none")
@@ -317,6 +332,9 @@ def _check_values(cfg: StudyConfig) -> None:
          f"names of task_suite {cfg.task_suite!r}'s tasks: {', '.join(suite_task_names(cfg.task_suite))}")
     need(len(cfg.noise_ratios) > 0 and all(0.0 <= r < 1.0 for r in cfg.noise_ratios), "noise_ratios",
          "a non-empty list of fractions in [0, 1)")
+    need(all(abs(float(ratio_label(r)) - r) < 1e-12 for r in cfg.noise_ratios), "noise_ratios",
+         "fractions with at most 6 decimals (the run folders are named after them)")
+    need(len(set(cfg.noise_ratios)) == len(cfg.noise_ratios), "noise_ratios", "distinct ratios")
     need(cfg.noise_kind in NOISE_KINDS, "noise_kind", f"one of {', '.join(NOISE_KINDS)}")
     need(cfg.objective in OBJECTIVES, "objective", f"one of {', '.join(OBJECTIVES)}")
     need((cfg.objective == "clip") == (cfg.noise_kind == "caption_swap"), "noise_kind",

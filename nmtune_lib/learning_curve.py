@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
+from .config import ratio_label, ratio_percent
 from .run import Run
 
 COLUMNS = ("schedule_epochs", "noise_ratio", "seed", "epoch", "test_acc", "memo_noisy", "memo_clean",
@@ -52,7 +53,7 @@ def pretrain_all(runs: Sequence[Run], *, jobs: int = 1, log=print) -> None:
                    "--set", *(f"{k}={v}" for k, v in c.pretrain_key().items()), f"device={c.device}"]
         env = {**os.environ, "NMTUNE_NUM_THREADS": str(threads)}
         done = subprocess.run(command, capture_output=True, text=True, env=env)
-        logfile = Path(c.run_root) / f"pretrain-{run.noise_ratio:.2f}-seed{run.seed}.log"
+        logfile = Path(c.run_root) / f"pretrain-{ratio_label(run.noise_ratio)}-seed{run.seed}.log"
         logfile.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(logfile, done.stdout + done.stderr)
         if done.returncode:
@@ -85,7 +86,7 @@ def plot_learning_curve(frame):
     import seaborn as sns
 
     ends = frame[frame["epoch"] == frame["schedule_epochs"]].copy()
-    ends["noise"] = ends["noise_ratio"].map("{:.0%}".format)
+    ends["noise"] = ends["noise_ratio"].map(ratio_percent)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
     sns.lineplot(ends, x="schedule_epochs", y="test_acc", hue="noise", marker="o", ax=axes[0])
     axes[0].set(title="clean test accuracy at the end of the schedule", xlabel="pre-training epochs (schedule)",
@@ -102,7 +103,7 @@ def plot_learning_curve(frame):
         ax.set_xticks(schedules, [str(e) for e in schedules])
         ax.xaxis.set_minor_locator(plt.NullLocator())
     longest = frame[frame["schedule_epochs"] == frame["schedule_epochs"].max()].copy()
-    longest["noise"] = longest["noise_ratio"].map("{:.0%}".format)
+    longest["noise"] = longest["noise_ratio"].map(ratio_percent)
     long = longest.melt(id_vars=["epoch", "noise"], value_vars=["test_acc", "memo_noisy"], var_name="curve",
                         value_name="fraction")
     sns.lineplot(long, x="epoch", y="fraction", hue="noise", style="curve", marker=".", ax=axes[2])

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .config import ratio_percent
+
 COLUMNS = ("own", "clean_net", "excess")  # shares of the scored flipped samples predicted as their noisy label
 
 
@@ -58,5 +60,5 @@ def memorisation_table(frame: pd.DataFrame) -> str:
     for ratio, part in frame.groupby("noise_ratio"):
         cells = [f"{100 * m:+.1f} ± {100 * h:.1f} %" if c == "excess" else f"{100 * m:.1f} ± {100 * h:.1f} %"
                  for c in COLUMNS for m, h in [mean_ci(part[c].to_numpy())]]
-        lines.append(f"| {ratio:.0%} | {len(part)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {ratio_percent(ratio)} | {len(part)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

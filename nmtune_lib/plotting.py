@@ -15,6 +15,7 @@ import seaborn as sns
 import torch
 import xarray as xr
 
+from .config import ratio_label, ratio_percent
 from .summary import id_ood_means, mean_ci
 
 # --- shared helpers --------------------------------------------------------------------------------------------
@@ -46,7 +47,7 @@ def positive(frame: pd.DataFrame, column: str) -> pd.DataFrame:
 
 def noise_palette(ratios: Sequence[float]) -> tuple[list[str], dict[str, tuple]]:
     """Hue order and a sequential palette for noise ratios shown as labels ``"0.05"``: darker = noisier."""
-    order = [f"{r:.2f}" for r in sorted(set(ratios))]
+    order = [ratio_label(r) for r in sorted(set(ratios))]
     return order, dict(zip(order, sns.color_palette("viridis_r", len(order))))
 
 
@@ -81,7 +82,7 @@ def spectra_by_noise(ds: xr.Dataset, *, dataset: str | None = None,
     sel = select_dataset(ds, dataset).sel(centering=list(centerings))
     frame = positive(tidy(sel, ["normalized_singular_values"]), "normalized_singular_values")
     order, palette = noise_palette(frame["noise_ratio"])
-    frame["noise ratio"] = frame["noise_ratio"].map(lambda r: f"{r:.2f}")
+    frame["noise ratio"] = frame["noise_ratio"].map(ratio_label)
     fig, axes = plt.subplots(1, len(centerings), figsize=(5.5 * len(centerings), 4), layout="constrained",
                              squeeze=False, sharey=True)
     for ax, centering in zip(axes[0], centerings):
@@ -117,7 +118,7 @@ def _describe(ds: xr.Dataset, runs: bool = True) -> str:
     parts = [str(ds["dataset"].values)] if "dataset" in ds.coords and ds["dataset"].ndim == 0 else []
     if runs and ds.sizes.get("noise_ratio", 1) == 1 and ds.sizes.get("seed", 1) == 1:
         if "noise_ratio" in ds.coords:
-            parts.append(f"noise {float(ds['noise_ratio'].values.ravel()[0]):.2f}")
+            parts.append(f"noise {ratio_label(float(ds['noise_ratio'].values.ravel()[0]))}")
         if "seed" in ds.coords:
             parts.append(f"seed {int(ds['seed'].values.ravel()[0])}")
     return ", ".join(parts)
@@ -220,11 +221,12 @@ def spectrum_vs_accuracy(transfer: xr.Dataset, spectrum: xr.Dataset, *, probe: s
     means = id_ood_means(transfer).sel({"method": probe})
     spec = select_dataset(spectrum, dataset).sel(centering=centering)
     frame = xr.merge([means, spec[["sve", "p1"]]], join="inner").to_dataframe().reset_index()
-    frame["noise (%)"] = (frame["noise_ratio"] * 100).round(0).astype(int)
+    frame["noise"] = frame["noise_ratio"].map(ratio_percent)
+    hue = dict(hue="noise", hue_order=[ratio_percent(r) for r in sorted(set(frame["noise_ratio"]))], palette="flare")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    sns.scatterplot(frame, x="sve", y=frame["id_mean"] * 100, hue="noise (%)", palette="flare", ax=axes[0], s=60)
+    sns.scatterplot(frame, x="sve", y=frame["id_mean"] * 100, **hue, ax=axes[0], s=60)
     axes[0].set(xlabel="singular value entropy", ylabel=f"ID mean accuracy, {probe.upper()} (%)")
-    sns.scatterplot(frame, x="p1", y=frame["ood_mean"] * 100, hue="noise (%)", palette="flare", ax=axes[1], s=60)
+    sns.scatterplot(frame, x="p1", y=frame["ood_mean"] * 100, **hue, ax=axes[1], s=60)
     axes[1].set(xlabel="p₁ (largest singular value ratio)", ylabel=f"OOD mean accuracy, {probe.upper()} (%)")
     return fig
 
@@ -236,7 +238,7 @@ def methods_by_task(transfer: xr.Dataset) -> plt.Figure:
     frame = acc.to_dataframe().reset_index().dropna(subset=["accuracy"])
     frame["task / test domain"] = frame["task"] + " / " + frame["test_domain"]
     frame["accuracy (%)"] = frame["accuracy"] * 100
-    frame["noise"] = (frame["noise_ratio"] * 100).round(0).astype(int).astype(str) + "%"
+    frame["noise"] = frame["noise_ratio"].map(ratio_percent)
     panels = frame["noise"].nunique()
     # legend inside the panels: outside, a lone narrow panel leaves no room for it (one noise ratio in the grid)
     grid = sns.catplot(frame, kind="bar", x="accuracy (%)", y="task / test domain", hue="method", col="noise",

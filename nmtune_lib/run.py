@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import StudyConfig
+from .config import StudyConfig, ratio_label, ratio_percent
 
 # --- artefacts of a run directory (the one home of these names) -------------------------------------------------
 MANIFEST = "noise_manifest.json"  # 01: the noise, written last
@@ -196,7 +196,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        return f"{self.config.noise_kind} {self.noise_ratio:.0%}, seed {self.seed}"
+        return f"{self.config.noise_kind} {ratio_percent(self.noise_ratio)}, seed {self.seed}"
 
     def __str__(self) -> str:
         return str(self.dir)
@@ -204,7 +204,7 @@ class Run:
     # --- paths --------------------------------------------------------------------------------------------------------
     @property
     def dir(self) -> Path:
-        return self.study.runs_dir / f"{self.config.noise_kind}-{self.noise_ratio:.2f}" / f"seed{self.seed}"
+        return self.study.runs_dir / f"{self.config.noise_kind}-{ratio_label(self.noise_ratio)}" / f"seed{self.seed}"
 
     manifest = property(lambda self: self.dir / MANIFEST)
     noisy_labels = property(lambda self: self.dir / NOISY_LABELS)

@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
+from .config import ratio_percent
 from .results import combine_runs
 
 SLIGHT = (0.05, 0.10)  # "slight" pre-training noise in the paper's claim 1
@@ -153,7 +154,7 @@ def _unjudged(text: str, sign: int, why: str) -> Claim:
 
 
 def _pct(ratios) -> str:
-    return ", ".join(f"{r:.0%}" for r in ratios)
+    return ", ".join(ratio_percent(r) for r in ratios)
 
 
 def _transfer_claims(g: _Grid, id_lp: xr.DataArray, ood_lp: xr.DataArray, probe: str) -> list[Claim]:

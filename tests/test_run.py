@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from nmtune_lib.config import StudyConfig
+from nmtune_lib.config import StudyConfig, ratio_label, ratio_percent
 from nmtune_lib.run import Run, Study
 
 
@@ -31,6 +31,21 @@ def test_parse_inverts_the_directory_name():
         assert Run.parse(config, run.dir) == run
     assert Run.parse(config, "/tmp/r/smoke/fashion_mnist/asymmetric-0.20/seed0") is None  # another noise kind
     assert Run.parse(config, "/elsewhere/smoke/fashion_mnist/symmetric-0.20/seed0") is None  # another root
+
+
+def test_ratios_finer_than_a_percent_keep_their_own_folders_and_labels():
+    # the fine grid's 2.5 % and a 3 % run must not share symmetric-0.03/ (two decimals used to round them together)
+    assert [ratio_label(r) for r in (0.0, 0.025, 0.03, 0.1, 0.15)] == ["0.00", "0.025", "0.03", "0.10", "0.15"]
+    assert [ratio_percent(r) for r in (0.0, 0.025, 0.075, 0.1, 0.15)] == ["0%", "2.5%", "7.5%", "10%", "15%"]
+    config = StudyConfig.from_preset("smoke", run_root="/tmp/r", noise_ratios=(0.0, 0.025, 0.03, 0.075))
+    runs = list(Study(config).runs())
+    assert len({run.dir for run in runs}) == 4 and len({run.name for run in runs}) == 4
+    assert [Run.parse(config, run.dir) for run in runs] == runs
+    assert runs[1].dir.parent.name == "symmetric-0.025" and runs[1].name == "symmetric 2.5%, seed 0"
+    with pytest.raises(ValueError, match=r"noise_ratios=\(0.1, 0.1000000001\): expected fractions with at most 6 d"):
+        StudyConfig.from_preset("smoke", noise_ratios=(0.1, 0.1000000001))
+    with pytest.raises(ValueError, match=r"noise_ratios=\(0.1, 0.1\): expected distinct ratios"):
+        StudyConfig.from_preset("smoke", noise_ratios=(0.1, 0.1))
 
 
 def test_from_parameters_validates_once_and_refuses_a_field_given_twice():
