@@ -126,7 +126,7 @@ def report(study: Study, out_root: Path, *, all_seeds: bool = False) -> Path:
                 render_html(run.notebook(name), out / target, title=f"{config.preset}: {run.name}, {name}")
                 pages.append((f"{run.name} · {name}", target))
     figures = sorted(study.dir.glob("*.png"))  # the summary's key figures, shown on the index
-    tables = sorted(study.dir.glob("*.csv"))  # claims, decomposition, sensitivity, robustness, stability, timing
+    tables = sorted(study.dir.glob("*.csv"))  # claims, decomposition, noise_effects, sensitivity, … timing
     extra = [study.path("config.yaml")] if study.path("config.yaml").exists() else []
     for path in figures:  # compacted as the pages' figures are
         atomic_write(out / path.name, lambda fh, f=path: fh.write(compact_png(f.read_bytes())))

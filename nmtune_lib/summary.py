@@ -333,6 +333,37 @@ def decomposition(transfer: xr.Dataset, *, setting: str = "base"):
                                        "half_width_points", "n_seeds"])
 
 
+def noise_effects(transfer: xr.Dataset, *, probe: str = "lp", setting: str = "base"):
+    """Claims 1a and 2a one noise ratio at a time (docs/paper.md §7 asks whether an optimal ratio exists): per
+    protocol, test domain (ID mean, OOD mean) and noise ratio > 0, ``probe``'s accuracy minus that of the clean (0 %)
+    pre-training of the same seed, mean over seeds ± 95% half-width, in points; ``ci`` says on which side of zero
+    the interval lies (``spans 0`` when on neither). Empty when the grid has no clean run."""
+    import pandas as pd
+
+    rows = []
+    for protocol in transfer["protocol"].values:
+        means = id_ood_means(transfer.sel(setting=setting, protocol=protocol)).sel({"method": probe})
+        ratios = [float(r) for r in means["noise_ratio"].values]
+        zero = next((r for r in ratios if np.isclose(r, 0.0)), None)
+        for which in ("id_mean", "ood_mean"):
+            if zero is None or not np.isfinite(means[which]).any():
+                continue  # no clean run to compare with; a suite without ID (or OOD) tasks or a protocol not run
+            for r in ratios:
+                if r == zero:
+                    continue
+                mean, half, n = paired_effect(means[which].sel(noise_ratio=r), means[which].sel(noise_ratio=zero))
+                side = {"supported": "above 0", "contradicted": "below 0"}.get(verdict(mean, half, +1), "spans 0")
+                rows.append(dict(protocol=str(protocol), mean_of=which[:-5].upper(), noise_ratio=f"{r:g}",
+                                 mean_points=mean, half_width_points=half, n_seeds=n, ci=side))
+    return pd.DataFrame(rows, columns=["protocol", "mean_of", "noise_ratio", "mean_points", "half_width_points",
+                                       "n_seeds", "ci"])
+
+
+def effect_text(frame) -> list[str]:
+    """``"+1.23 ± 0.45"`` for each row's ``mean_points`` and ``half_width_points`` (the tables' effect column)."""
+    return [f"{m:+.2f} ± {h:.2f}" for m, h in zip(frame["mean_points"], frame["half_width_points"])]
+
+
 def sensitivity(transfer: xr.Dataset, *, task: str, config) -> "pd.DataFrame":
     """NMTune − MLP (points, mean over seeds ± 95% half-width) on ``task`` for every regulariser scale and the
     single-λ variant, per noise ratio: on the task's training domain (``train_domain``) and its OOD mean (the

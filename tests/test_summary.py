@@ -4,8 +4,8 @@ import pytest
 import xarray as xr
 
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.summary import (decomposition, id_ood_means, judge_all, judge_claims, mean_ci, robustness_table,
-                                sensitivity, stability, verdict)
+from nmtune_lib.summary import (decomposition, id_ood_means, judge_all, judge_claims, mean_ci, noise_effects,
+                                robustness_table, sensitivity, stability, verdict)
 from nmtune_lib.transfer import Score, transfer_dataset
 
 RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3)
@@ -110,6 +110,23 @@ def test_claims_per_protocol_and_the_decomposition_adds_up():
             assert d[(protocol, "all", which, "mlp-lp")] == pytest.approx(total / 2, abs=0.2)
     robust = robustness_table(claims).drop_duplicates("claim").set_index("claim")["robust"]
     assert not robust["4a"] and robust["2b"]
+
+
+def test_noise_effects_compare_each_ratio_with_clean_pretraining_of_the_same_seed():
+    # ID: +2 points at 5 and 10 %, −2 points at 20 and 30 %; OOD: −20 points per unit of noise ratio
+    transfer, _ = _grid(id_effect=0.02, ood_effect=-0.2, nmtune_gain=0.02, sve_slope=0.0, matched_gain=0.02,
+                        noise=0.0005)
+    e = noise_effects(transfer).set_index(["protocol", "mean_of", "noise_ratio"])
+    assert sorted(set(e.index.get_level_values("noise_ratio"))) == ["0.05", "0.1", "0.2", "0.3"]  # no 0 row
+    for protocol in ("reference", "matched"):
+        for ratio, points, side in (("0.05", 2.0, "above 0"), ("0.1", 2.0, "above 0"), ("0.3", -2.0, "below 0")):
+            assert e.loc[(protocol, "ID", ratio), "mean_points"] == pytest.approx(points, abs=0.2)
+            assert e.loc[(protocol, "ID", ratio), "ci"] == side
+        assert e.loc[(protocol, "OOD", "0.2"), "mean_points"] == pytest.approx(-0.2 * 0.2 * 100, abs=0.2)
+    assert (e["n_seeds"] == 3).all()
+    flat, _ = _grid(id_effect=0.0, ood_effect=0.0, nmtune_gain=0.0, sve_slope=0.0, noise=0.01)
+    assert set(noise_effects(flat)["ci"]) <= {"spans 0", "above 0", "below 0"}
+    assert (noise_effects(flat.sel(noise_ratio=[0.05, 0.1]))).empty  # no clean run: nothing to compare with
 
 
 def test_sensitivity_reports_the_growth_of_the_regularisers_effect_with_noise():

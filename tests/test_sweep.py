@@ -68,6 +68,9 @@ def test_notebook_05_wrote_the_claims_table(smoke_sweep):
     robust = pd.read_csv(smoke_sweep / "smoke" / "robustness.csv")
     assert set(robust["setting"]) == {"reference", "matched", "reference, head_epochs=1"}
     assert (smoke_sweep / "smoke" / "decomposition.csv").exists() and (smoke_sweep / "smoke" / "stability.csv").exists()
+    effects = pd.read_csv(smoke_sweep / "smoke" / "noise_effects.csv")  # the smoke grid: 20 % against 0 %, 1 seed
+    assert set(effects["noise_ratio"]) == {0.2} and set(effects["mean_of"]) == {"ID", "OOD"}
+    assert (effects["n_seeds"] == 1).all() and effects["half_width_points"].isna().all()
 
 
 def test_the_sweep_records_its_config_and_stage_times(smoke_sweep):
