@@ -21,6 +21,11 @@ from .reference import METHODS
 
 NOISE_KINDS = ("symmetric", "asymmetric", "instance", "caption_swap")  # caption_swap: objective=clip only
 OBJECTIVES = ("supervised", "clip")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+HEAD_MODES = ("cached", "online")
+CENTERINGS = ("column", "row", "none")
+PROTOCOLS = ("reference", "matched")  # docs/paper.md "Two protocols for claim 4"
+ROBUSTNESS_FIELDS = ("head_epochs", "views", "head_mode")  # head settings a robustness variant may change
 
 
 def ratio_label(ratio: float) -> str:
@@ -36,11 +41,6 @@ def ratio_label(ratio: float) -> str:
 def ratio_percent(ratio: float) -> str:
     """A noise ratio in per cent with the decimals it needs: ``"5%"``, ``"2.5%"`` (for tables and titles)."""
     return f"{round(100 * ratio, 4):g}%"
-DEVICES = ("auto", "cpu", "cuda", "mps")
-HEAD_MODES = ("cached", "online")
-CENTERINGS = ("column", "row", "none")
-PROTOCOLS = ("reference", "matched")  # docs/paper.md "Two protocols for claim 4"
-ROBUSTNESS_FIELDS = ("head_epochs", "views", "head_mode")  # head settings a robustness variant may change
 
 
 @dataclass(frozen=True)

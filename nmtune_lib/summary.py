@@ -103,6 +103,11 @@ def _ratios(da: xr.DataArray, wanted) -> list[float]:
     return [float(r) for r in have if any(np.isclose(r, w) for w in wanted)]
 
 
+def _clean_ratio(ratios: list[float]) -> float | None:
+    """The grid's 0 (clean pre-training) as it is stored, or None when the grid has no clean run."""
+    return next((r for r in ratios if np.isclose(r, 0.0)), None)
+
+
 def _claim(text: str, per_seed: np.ndarray, sign: int, unit: str, rule: str, scale: float = 1.0) -> Claim:
     mean, half = mean_ci(per_seed)
     effect = f"{mean * scale:+.3g} ± {half * scale:.2g} {unit}" if np.isfinite(half) else f"{mean * scale:+.3g} {unit}"
@@ -123,7 +128,7 @@ def judge_claims(transfer: xr.Dataset, spectrum: xr.Dataset, *, probe: str = "lp
     means = id_ood_means(transfer)
     id_lp, ood_lp = means["id_mean"].sel({"method": probe}), means["ood_mean"].sel({"method": probe})
     ratios = [float(r) for r in id_lp["noise_ratio"].values]
-    grid = _Grid(zero=next((r for r in ratios if np.isclose(r, 0.0)), None), slight=_ratios(id_lp, SLIGHT),
+    grid = _Grid(zero=_clean_ratio(ratios), slight=_ratios(id_lp, SLIGHT),
                  heavy=_ratios(id_lp, HEAVY), noisy=[r for r in ratios if r > 0])
     spec = spectrum.sel(centering=centering)
     if "dataset" in spec.dims:
@@ -344,10 +349,12 @@ def noise_effects(transfer: xr.Dataset, *, probe: str = "lp", setting: str = "ba
     for protocol in transfer["protocol"].values:
         means = id_ood_means(transfer.sel(setting=setting, protocol=protocol)).sel({"method": probe})
         ratios = [float(r) for r in means["noise_ratio"].values]
-        zero = next((r for r in ratios if np.isclose(r, 0.0)), None)
+        zero = _clean_ratio(ratios)
+        if zero is None:
+            continue  # no clean run to compare with
         for which in ("id_mean", "ood_mean"):
-            if zero is None or not np.isfinite(means[which]).any():
-                continue  # no clean run to compare with; a suite without ID (or OOD) tasks or a protocol not run
+            if not np.isfinite(means[which]).any():
+                continue  # a suite without ID (or OOD) tasks, or a protocol not run
             for r in ratios:
                 if r == zero:
                     continue
