@@ -34,6 +34,13 @@ out), ``batched_max_acc_diff_points`` = the largest test-accuracy difference bet
 test domain (the two are bit-for-bit equal by construction, so 0 is expected), next to the heads' count and the
 per-step times. Issue 10's bar: speed-up ≥ 5 at ≤ 0.1 points.
 
+What batching can win here. The batched run's ``fit_heads`` calls are replayed under ``torch.profiler``: the self
+time of the heads' arithmetic (the SVDs of the dominant-singular-value term, the matrix products, the fused AdamW
+step), which any batching keeps, bounds the speed-up from above (Amdahl, every other cost taken to zero):
+``batched_speedup_ceiling`` = one-by-one seconds ÷ those kernels' seconds as they run, and
+``batched_speedup_ceiling_at_peak`` the same with the products counted at the best rate a stacked ``bmm`` reaches on
+this core (what stacking every product into one batched product could give at most).
+
 ``--quick`` (a few minutes on 2 cores): 3 head epochs, K = 4 only, one seed, a 150-step warm-up. ``--json OUT``
 writes the result there (default ``bench/results/head_tuning.json``, ignored by git). A benchmark, not a test: it
 passes or fails nothing.
@@ -41,6 +48,7 @@ passes or fails nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -49,12 +57,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's "no GPU" error line on CPU-only machines
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nmtune_lib import batched_tuning  # noqa: E402
 from nmtune_lib.augment import ViewAugment, random_crop_flip, to_float  # noqa: E402
 from nmtune_lib.data import load_dataset  # noqa: E402
 from nmtune_lib.features import extract_features  # noqa: E402
@@ -66,6 +77,8 @@ from nmtune_lib.views import OnlineViews  # noqa: E402
 
 TARGET_RATIO, TARGET_ACC_POINTS = 20.0, 0.5
 BATCHED_BAR, BATCHED_GOAL, BATCHED_ACC_POINTS = 5.0, 10.0, 0.1  # issue 10: speed-up bar and goal, accuracy bound
+MATMUL = ("aten::mm", "aten::addmm", "aten::bmm")
+ARITHMETIC = ("aten::_linalg_svd", *MATMUL, "aten::_fused_adamw_")  # what any batching of the heads keeps
 RESULTS = Path(__file__).resolve().parent / "results" / "head_tuning.json"
 VIEWS = ViewAugment(flip=False)  # the reference crop (scale 0.8-1.0); no flips: the bench's tasks are digits
 
@@ -123,6 +136,66 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def recording(module, name: str, calls: list):
+    """Append the (args, kwargs) of every call of ``module.name`` to ``calls`` while the block runs."""
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    setattr(module, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def arithmetic_ceiling(calls: list, one_by_one_seconds: float) -> dict:
+    """Replay the batched run's ``fit_heads`` calls under ``torch.profiler`` and bound the speed-up any batching
+    can reach on this machine (Amdahl: every cost but the heads' arithmetic taken to zero).
+
+    The arithmetic is the SVDs, the matrix products and the fused AdamW step (``ARITHMETIC``): any batching keeps
+    it, per head or stacked. ``ceiling`` = one-by-one seconds ÷ those kernels' self time as they run here (one
+    product per head); ``ceiling_at_peak`` counts the products instead at this core's best stacked-product rate
+    (``peak_gflops``: the best of ``bmm`` on a few head-shaped stacks and one 1024³ product), the bound for a
+    batching that stacks every product into one ``bmm`` and leaves the SVD and the optimiser as they are."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        start = time.perf_counter()
+        for args, kwargs in calls:
+            batched_tuning.fit_heads(*args, **kwargs)
+        seconds = time.perf_counter() - start
+    events = [e for e in prof.key_averages() if e.key in ARITHMETIC]
+    per_op = {e.key: e.self_cpu_time_total / 1e6 for e in events}
+    matmul = [e for e in events if e.key in MATMUL]
+    flops = sum(e.flops for e in matmul)
+    views = calls[0][0][0]
+    peak = peak_gflops(int(getattr(views, "num_features", None) or views.shape[-1]))
+    kernel = sum(per_op.values())
+    at_peak = kernel - sum(per_op[e.key] for e in matmul) + flops / (peak * 1e9)
+    return {"ceiling": one_by_one_seconds / kernel, "ceiling_at_peak": one_by_one_seconds / at_peak,
+            "kernel_seconds": kernel, "kernel_seconds_at_peak": at_peak, "per_op_seconds": per_op,
+            "matmul_gflop": flops / 1e9, "matmul_gflops": flops / 1e9 / sum(per_op[e.key] for e in matmul),
+            "peak_gflops": peak, "profiled_fit_seconds": seconds, "kernel_share": kernel / seconds}
+
+
+def peak_gflops(d: int, heads: int = 30, rows: int = 2 * BATCH_SIZE, repeats: int = 10) -> float:
+    """The best single-thread GFLOP/s of ``torch.bmm`` here: head-shaped stacks (rows × D × 4D and back, the
+    weight gradient) and one 1024³ product."""
+    best = 0.0
+    for h, n, k, m in ((heads, rows, d, 4 * d), (heads, rows, 4 * d, d), (heads, 4 * d, rows, d), (1, 1024, 1024, 1024)):
+        a, b = torch.randn(h, n, k), torch.randn(h, k, m)
+        torch.bmm(a, b)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.bmm(a, b)
+        best = max(best, 2 * h * n * k * m * repeats / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def batched_vs_one_by_one(backbone, train, test, args, device) -> dict:
     """The heads of one default run on one task, fitted one by one and batched (see the module docstring)."""
     import tempfile
@@ -138,29 +211,36 @@ def batched_vs_one_by_one(backbone, train, test, args, device) -> dict:
                                      run_root=tempfile.mkdtemp(prefix="nmtune-bench-"), progress=False)
     run = Run.of(config, 0.0, int(args.seeds.split(",")[0]))
     out = {}
+    calls = []  # the batched run's fit_heads calls, replayed under the profiler for the arithmetic floor
     for mode, batched in (("one_by_one", False), ("batched", True)):
         lines: list[str] = []
-        ds, seconds = timed(lambda: run_transfer(run, backbone, [task], checkpoint_hash="bench", device=device,
-                                                 cache=False, batched=batched, log=lines.append))
+        with recording(batched_tuning, "fit_heads", calls if batched else []):
+            ds, seconds = timed(lambda: run_transfer(run, backbone, [task], checkpoint_hash="bench", device=device,
+                                                     cache=False, batched=batched, log=lines.append))
         heads = [int(line.split()[1]) for line in lines]  # "<task> <H> heads × <E> epochs (…): <s> s  […]"
         fit = sum(float(re.search(r": ([0-9.]+) s  \[", line).group(1)) for line in lines)
         out[mode] = {"ds": ds, "transfer_seconds": seconds, "fit_seconds": fit, "heads": sum(heads),
                      "batches": len(lines) if batched else sum(heads)}
         print(f"{mode:>10}: {sum(heads)} heads in {out[mode]['batches']} fit(s), {fit:.1f} s fitting "
               f"({seconds:.1f} s with feature extraction)")
+    ceiling = arithmetic_ceiling(calls, out["one_by_one"]["fit_seconds"])
     diff = abs(out["batched"]["ds"]["accuracy"] - out["one_by_one"]["ds"]["accuracy"])
     result = {"speedup": out["one_by_one"]["fit_seconds"] / out["batched"]["fit_seconds"],
               "transfer_speedup": out["one_by_one"]["transfer_seconds"] / out["batched"]["transfer_seconds"],
               "max_acc_diff_points": 100 * float(diff.max(skipna=True)),
               "identical": bool(np.array_equal(out["batched"]["ds"]["accuracy"].values,
                                                out["one_by_one"]["ds"]["accuracy"].values, equal_nan=True)),
+              "ceiling": ceiling["ceiling"], "arithmetic": ceiling,
               "heads": out["batched"]["heads"], "batches": out["batched"]["batches"],
               "epochs": args.epochs, "task": task.name, "train": len(train),
               **{f"{m}_{k}": out[m][k] for m in out for k in ("fit_seconds", "transfer_seconds")},
               "target": {"bar": BATCHED_BAR, "goal": BATCHED_GOAL, "accuracy_points": BATCHED_ACC_POINTS}}
     result["meets_bar"] = result["speedup"] >= BATCHED_BAR and result["max_acc_diff_points"] <= BATCHED_ACC_POINTS
     print(f"batched_speedup {result['speedup']:.2f}x (transfer step {result['transfer_speedup']:.2f}x), "
-          f"batched_max_acc_diff_points {result['max_acc_diff_points']:.3f}, bar met: {result['meets_bar']}")
+          f"batched_max_acc_diff_points {result['max_acc_diff_points']:.3f}, bar met: {result['meets_bar']}; "
+          f"the heads' arithmetic alone takes {ceiling['kernel_seconds']:.1f} s ({ceiling['kernel_seconds_at_peak']:.1f} "
+          f"s with every product at {ceiling['peak_gflops']:.0f} GFLOP/s), so no batching of it can beat "
+          f"{ceiling['ceiling']:.2f}x ({ceiling['ceiling_at_peak']:.2f}x) here")
     return result
 
 
@@ -254,6 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "cached": 1000 * statistics.fmean(r["fit_seconds"] for r in runs if r["views"]) / steps},
         **({} if batched is None else {"batched_speedup": batched["speedup"],
                                        "batched_max_acc_diff_points": batched["max_acc_diff_points"],
+                                       "batched_speedup_ceiling": batched["ceiling"],
+                                       "batched_speedup_ceiling_at_peak": batched["arithmetic"]["ceiling_at_peak"],
                                        "batched": batched}),
         "versions": {"python": platform.python_version(), "torch": torch.__version__}, "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
