@@ -186,7 +186,8 @@ def peak_gflops(d: int, heads: int = 30, rows: int = 2 * BATCH_SIZE, repeats: in
     """The best single-thread GFLOP/s of ``torch.bmm`` here: head-shaped stacks (rows × D × 4D and back, the
     weight gradient) and one 1024³ product."""
     best = 0.0
-    for h, n, k, m in ((heads, rows, d, 4 * d), (heads, rows, 4 * d, d), (heads, 4 * d, rows, d), (1, 1024, 1024, 1024)):
+    shapes = ((heads, rows, d, 4 * d), (heads, rows, 4 * d, d), (heads, 4 * d, rows, d), (1, 1024, 1024, 1024))
+    for h, n, k, m in shapes:
         a, b = torch.randn(h, n, k), torch.randn(h, k, m)
         torch.bmm(a, b)
         start = time.perf_counter()
@@ -238,9 +239,9 @@ def batched_vs_one_by_one(backbone, train, test, args, device) -> dict:
     result["meets_bar"] = result["speedup"] >= BATCHED_BAR and result["max_acc_diff_points"] <= BATCHED_ACC_POINTS
     print(f"batched_speedup {result['speedup']:.2f}x (transfer step {result['transfer_speedup']:.2f}x), "
           f"batched_max_acc_diff_points {result['max_acc_diff_points']:.3f}, bar met: {result['meets_bar']}; "
-          f"the heads' arithmetic alone takes {ceiling['kernel_seconds']:.1f} s ({ceiling['kernel_seconds_at_peak']:.1f} "
-          f"s with every product at {ceiling['peak_gflops']:.0f} GFLOP/s), so no batching of it can beat "
-          f"{ceiling['ceiling']:.2f}x ({ceiling['ceiling_at_peak']:.2f}x) here")
+          f"the heads' arithmetic alone takes {ceiling['kernel_seconds']:.1f} s "
+          f"({ceiling['kernel_seconds_at_peak']:.1f} s with every product at {ceiling['peak_gflops']:.0f} GFLOP/s), "
+          f"so no batching of it can beat {ceiling['ceiling']:.2f}x ({ceiling['ceiling_at_peak']:.2f}x) here")
     return result
 
 
