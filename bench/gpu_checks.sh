@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the study, as one script. Each step is bounded by its own timeout; pick steps to fit the time
-# a device lends (the default: all, about 9 minutes at most).
+# a device lends (the default: all; their limits add up to 21 minutes). Results: bench/gpu_results/ (H100, the first
+# four steps) and bench/gpu_results/h200/ (head_batched, default_grid, clip_epoch).
 #   pretrain_throughput  pre-training step, in-memory vs DataLoader
 #   gpu_epoch            one `gpu`-preset epoch (ResNet-18, torch.compile)
 #   torchrun_epoch       one epoch under torchrun --nproc_per_node=1 (DDP/NCCL)
@@ -10,6 +11,7 @@
 #   streamed             folder data streamed through DataLoader workers on CUDA (bf16, channels_last)
 #   clip_epoch           one `clip`-preset epoch on CUDA (bf16 autocast, AdamW, the towers)
 # Usage: bash bench/gpu_checks.sh OUT_DIR [STEP ...]   (NMTUNE_DATA must hold the Fashion-MNIST idx .gz files)
+# A step's time limit can be changed with LIMIT_<step>=SECONDS; the default grid's workers with GRID_JOBS (default 8).
 set -u
 OUT=${1:-bench/results/gpu}
 shift || true
@@ -20,7 +22,8 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch, timm, xarray; print('torch', torch.__version__, 'timm', timm.__version__, 'xarray', xarray.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
-step() { local name=$1 limit=$2; shift 2; wanted "$name" || return 0; echo "=== $name"; local t0=$SECONDS
+step() { local name=$1 limit_var=LIMIT_$1; local limit=${!limit_var:-$2}; shift 2; wanted "$name" || return 0
+  echo "=== $name (limit $limit s)"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?; tail -n 25 "$OUT/$name.log"
   echo "=== $name rc=$rc in $((SECONDS - t0)) s"; }
 step pretrain_throughput 120 $PY bench/pretrain_throughput.py --out "$OUT/pretrain_throughput.json"
@@ -30,9 +33,15 @@ step torchrun_epoch 100 torchrun --standalone --nproc_per_node=1 -m nmtune_lib.p
   --noise-ratio 0.0 --seed 0 --set epochs=1 compile=false --run-root "$OUT/runs_ddp" --no-progress
 step head_tuning 120 $PY bench/head_tuning.py --device cuda --views 4 --epochs 10 --out "$OUT/head_tuning.json"
 step head_batched 150 $PY bench/head_tuning.py --quick --device cuda --json "$OUT/head_batched.json"
-step default_grid 300 $PY -m nmtune_lib.sweep sweep --preset default --set device=cuda --jobs 4 \
+step default_grid 300 $PY -m nmtune_lib.sweep sweep --preset default --set device=cuda --jobs "${GRID_JOBS:-8}" \
   --run-root "$OUT/grid"
-cp "$OUT"/grid/default/timing.csv "$OUT/default_grid_timing.csv" 2>/dev/null
+if wanted default_grid; then  # the study folder's tables: timing.csv (written after every run), config.yaml, claims
+  mkdir -p "$OUT/default_grid"
+  cp "$OUT"/grid/default/*.csv "$OUT"/grid/default/*.yaml "$OUT/default_grid/" 2>/dev/null
+  find "$OUT/grid" -name "*.done" | sed "s|^$OUT/grid/||" | sort > "$OUT/default_grid/done_markers.txt"
+  # per notebook, finished or cut off by the limit (timing.csv counts whole runs only)
+  $PY bench/stage_times.py "$OUT/grid" --csv "$OUT/default_grid/stage_times.csv" | tee "$OUT/default_grid/stages.txt"
+fi
 if wanted streamed; then  # a small ImageNet-style folder of real images (Fashion-MNIST test PNGs, 3 classes)
   $PY - "$OUT/folders" <<'PY'
 import sys

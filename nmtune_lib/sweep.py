@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .config import PROJECT_ROOT as ROOT
 from .config import PRESETS, StudyConfig, parse_assignments, resolve_run_root
@@ -49,6 +49,15 @@ class RunSpec:
     parameters: dict[str, dict[str, Any]]  # notebook name -> parameters
 
 
+def refuse_managed(overrides: Iterable[str]) -> None:
+    """Raise if an override names a field the sweep passes to the notebooks itself: each notebook would get it twice
+    (parameter and ``overrides``) and refuse it, run after run."""
+    clash = sorted(set(overrides) & set(MANAGED))
+    if clash:
+        raise ValueError(f"--set {', '.join(clash)}: the sweep sets {', '.join(MANAGED)} itself; give them with "
+                         "--preset, --run-root, --noise-ratios, --seeds, --noise-kind or --dataset instead")
+
+
 def plan(study: Study, overrides: dict[str, Any], extra: dict[str, Any] | None = None) -> list[RunSpec]:
     """Every (ratio, seed) chain with per-notebook parameters, validated against each notebook before any compute.
 
@@ -60,6 +69,7 @@ def plan(study: Study, overrides: dict[str, Any], extra: dict[str, Any] | None =
         missing = [p for p in ("preset", "run_root", "overrides") if p not in params]
         if missing:
             raise ValueError(f"notebook {name} lacks the parameter(s) {missing} that the sweep sets")
+    refuse_managed(overrides)
     extra = extra or {}
     valid = sorted({p for params in declared.values() for p in params} - set(MANAGED))
     bad = sorted(set(extra) - set(valid))
@@ -364,8 +374,10 @@ def _study_from_args(args: argparse.Namespace) -> Study:
         grid["noise_kind"] = args.noise_kind
     if getattr(args, "dataset", None):
         grid["dataset"] = args.dataset
+    overrides = parse_assignments(getattr(args, "overrides", []))
+    refuse_managed(overrides)
     # the overrides too: fields that must agree with a grid field (objective=clip with noise_kind=caption_swap)
-    return Study(StudyConfig.from_preset(args.preset, **grid, **parse_assignments(getattr(args, "overrides", []))))
+    return Study(StudyConfig.from_preset(args.preset, **grid, **overrides))
 
 
 def _preset_argument(parser: argparse.ArgumentParser) -> None:

@@ -48,6 +48,27 @@ def test_every_parameter_is_declared_once_with_a_type_and_checked_next(path):
     assert f'check_parameters(globals(), "{path.stem}")' in code[1].source  # the strict check comes next
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_config_field_left_at_its_notebook_default_can_come_from_overrides(path):
+    """``nmtune sweep --set device=cuda`` sends the field in ``overrides`` and leaves the notebook's own ``device``
+    parameter at its default; a non-empty default (it was "auto") made every run fail with "given both"."""
+    import ast
+
+    from nmtune_lib.config import StudyConfig
+    from nmtune_lib.parameters import declared_parameters
+    from nmtune_lib.run import config_from_parameters
+
+    from nmtune_lib.sweep import MANAGED
+
+    fields = set(StudyConfig.__dataclass_fields__) - set(MANAGED)  # those the sweep sets refuse --set up front
+    declared = {name: ast.literal_eval(p["default"]) for name, p in declared_parameters(path).items() if name in fields}
+    samples = {"device": "cpu"}
+    for name, default in declared.items():
+        assert default in ("", None), f"{path.stem}: {name} defaults to {default!r}, which hides --set {name}=…"
+        config = config_from_parameters("smoke", {name: samples[name]}, **declared)
+        assert getattr(config, name) == samples[name]
+
+
 def test_check_parameters_names_the_unknown_and_the_mistyped():
     from nmtune_lib.parameters import check_parameters
 
