@@ -8,11 +8,16 @@ Usage: python bench/stage_times.py RUN_ROOT [--csv OUT]   (prints a per-stage ta
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-from collections import defaultdict
+import sys
 from datetime import datetime
 from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nmtune_lib.files import atomic_write_text  # noqa: E402
 
 
 def notebook_time(path: Path) -> dict:
@@ -36,19 +41,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--csv", help="write one row per notebook here")
     args = p.parse_args(argv)
     rows = [notebook_time(path) for path in sorted(Path(args.run_root).rglob("0[1-5]_*.ipynb"))]
+    frame = pd.DataFrame(rows, columns=["run", "stage", "seconds", "cells_done", "cells", "finished"])
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["run"])
-            writer.writeheader()
-            writer.writerows(rows)
-    stages: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        stages[row["stage"]].append(row)
+        atomic_write_text(args.csv, frame.to_csv(index=False))
     print(f"{'stage':<20} {'finished':>8} {'started':>8} {'s per finished':>15} {'s so far (all)':>15}")
-    for stage, items in sorted(stages.items()):
-        done = [r["seconds"] for r in items if r["finished"]]
-        mean = f"{sum(done) / len(done):.1f}" if done else "-"
-        print(f"{stage:<20} {len(done):>8} {len(items):>8} {mean:>15} {sum(r['seconds'] for r in items):>15.1f}")
+    for stage, items in frame.groupby("stage"):
+        done = items.seconds[items.finished.astype(bool)]
+        mean = f"{done.mean():.1f}" if len(done) else "-"
+        print(f"{stage:<20} {len(done):>8} {len(items):>8} {mean:>15} {items.seconds.sum():>15.1f}")
     return rows
 
 
