@@ -8,6 +8,9 @@
   first protocol.
 - ``nmtune timing reports/default``: the stage times of the sweep that made the set (``timing.csv``), per run and
   over the grid's runs (``config.yaml``), and its wall clock.
+- ``nmtune effects reports/instance``: each noise ratio against clean pre-training of the same seed
+  (``noise_effects.csv``): a row per (protocol, ID/OOD mean), a column per ratio, each cell mean ± 95 % half-width
+  in points.
 """
 from __future__ import annotations
 
@@ -112,6 +115,25 @@ def time_table(folder: str | Path) -> str:
         per_run = "" if stage == "05_summary" else _seconds(value / runs)
         lines.append(f"| `{stage}` | {per_run} | {_seconds(value)} |")
     lines.append(f"| sweep, wall clock ({runs} runs) | | **{_seconds(seconds['total'])}** |")
+    return "\n".join(lines)
+
+
+def effects_table(folder: str | Path) -> str:
+    """A report set's ``noise_effects.csv`` as a Markdown table: rows (protocol, mean of), columns the noise ratios,
+    cells ``−1.68 ± 1.37`` (points, two decimals, the CSV's row order)."""
+    path = Path(folder) / "noise_effects.csv"
+    if not path.is_file():
+        raise ValueError(f"{path} missing: pass a report folder whose summary wrote noise_effects.csv, e.g. "
+                         "reports/default (sets rendered before notebook 05 wrote it lack it)")
+    frame = pd.read_csv(path)
+    frame["cell"] = [f"{mean:+.2f} ± {half:.2f}".replace("-", "−")
+                     for mean, half in zip(frame["mean_points"], frame["half_width_points"])]
+    table = frame.pivot_table(index=["protocol", "mean_of"], columns="noise_ratio", values="cell", aggfunc="first",
+                              sort=False)
+    ratios = [f"{100 * ratio:g}%" for ratio in table.columns]
+    lines = ["| protocol | mean of | " + " | ".join(ratios) + " |", "|---|---|" + "---|" * len(ratios)]
+    lines += [f"| {protocol} | {mean_of} | " + " | ".join(row) + " |" for (protocol, mean_of), row in
+              zip(table.index, table.values)]
     return "\n".join(lines)
 
 

@@ -449,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--protocols", nargs="+", default=["reference", "matched"], help="(default: %(default)s)")
     tm = sub.add_parser("timing", help="a report set's stage times as a Markdown table (nmtune_lib.report_tables)")
     tm.add_argument("folder", help="a report set holding timing.csv and config.yaml, e.g. reports/default")
+    ef = sub.add_parser("effects", help="a report set's noise ratios against clean pre-training as a Markdown "
+                        "table (nmtune_lib.report_tables)")
+    ef.add_argument("folder", help="a report set holding noise_effects.csv, e.g. reports/default")
     mm = sub.add_parser("memorisation", help="flipped labels predicted by each noisy run's backbone vs the clean "
                         "backbone of its seed; writes <out>/<preset>/memorisation.csv (nmtune_lib.memorisation)")
     _report_arguments(mm)
@@ -471,10 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             atomic_write_text(out / "memorisation.csv", frame.to_csv(index=False))
             print(memorisation_table(frame))
             return 0
-        if args.command == "timing":
-            from .report_tables import time_table
+        if args.command in ("timing", "effects"):
+            from .report_tables import effects_table, time_table
 
-            print(time_table(args.folder))
+            print((time_table if args.command == "timing" else effects_table)(args.folder))
             return 0
         if args.command == "compare":
             from .report_tables import compare_claims, to_markdown

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nmtune_lib.report_tables import compare_claims, format_effect, short_claim, time_table, to_markdown
+from nmtune_lib.report_tables import (compare_claims, effects_table, format_effect, short_claim, time_table,
+                                      to_markdown)
 from nmtune_lib.memorisation import memorisation_table
 from nmtune_lib.summary import RULE_NEG, RULE_POS, _claim, _unjudged, claims_table
 from nmtune_lib.sweep import main
@@ -98,6 +99,19 @@ def test_time_table_per_run_and_over_the_grid(tmp_path, capsys):
     assert "config.yaml missing" in capsys.readouterr().err
 
 
+def test_effects_table_rows_per_protocol_and_mean_columns_per_ratio(tmp_path, capsys):
+    rows = [("reference", "ID", 0.05, -0.634, 1.6149), ("reference", "ID", 0.1, 0.005, 0.2),
+            ("matched", "OOD", 0.05, 2.0, 0.125), ("matched", "OOD", 0.1, -8.001, 3.979)]
+    pd.DataFrame(rows, columns=["protocol", "mean_of", "noise_ratio", "mean_points", "half_width_points"]).to_csv(
+        tmp_path / "noise_effects.csv", index=False)
+    assert effects_table(tmp_path).splitlines() == ["| protocol | mean of | 5% | 10% |", "|---|---|---|---|",
+                                                    "| reference | ID | −0.63 ± 1.61 | +0.01 ± 0.20 |",
+                                                    "| matched | OOD | +2.00 ± 0.12 | −8.00 ± 3.98 |"]
+    (tmp_path / "noise_effects.csv").unlink()
+    assert main(["effects", str(tmp_path)]) == 2
+    assert "noise_effects.csv missing" in capsys.readouterr().err
+
+
 def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
     """Each README table introduced by `nmtune compare …` or `nmtune timing …` holds, header and rows, what that
     command prints now from the committed report sets."""
@@ -110,16 +124,16 @@ def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
     found = []
-    for match in re.finditer(r"`(nmtune (compare|timing) [^`]+)`[^|]{0,400}?\n\n((?:\|.*\n)+)", readme):
+    for match in re.finditer(r"`(nmtune (compare|timing|effects) [^`]+)`[^|]{0,400}?\n\n((?:\|.*\n)+)", readme):
         line, command, table = match.groups()
         args = build_parser().parse_args(shlex.split(line)[1:])
         if command == "compare":
             printed = to_markdown(compare_claims([root / f for f in args.folders], args.protocols, args.labels))
         else:
-            printed = time_table(root / args.folder)
+            printed = (time_table if command == "timing" else effects_table)(root / args.folder)
         assert table.splitlines() == printed.splitlines(), line
         found.append(command)
-    assert found.count("compare") >= 3 and found.count("timing") >= 2
+    assert found.count("compare") >= 3 and found.count("timing") >= 2 and found.count("effects") >= 2
     memorisation = re.findall(r"`nmtune memorisation --preset (\w+)`:\n\n((?:\|.*\n)+)", readme)
     for preset, table in memorisation:
         frame = pd.read_csv(root / "reports" / preset / "memorisation.csv")
