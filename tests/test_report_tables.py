@@ -113,8 +113,8 @@ def test_effects_table_rows_per_protocol_and_mean_columns_per_ratio(tmp_path, ca
 
 
 def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
-    """Each README table introduced by `nmtune compare …` or `nmtune timing …` holds, header and rows, what that
-    command prints now from the committed report sets."""
+    """Each README table introduced by `nmtune compare …`, `nmtune timing …` or `nmtune effects …` holds, header and
+    rows, what that command prints now from the committed report sets."""
     import re
     import shlex
     from pathlib import Path
