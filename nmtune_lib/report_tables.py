@@ -101,12 +101,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 def time_table(folder: str | Path) -> str:
     """A report set's ``timing.csv`` as a Markdown table: per notebook the seconds per (noise ratio, seed) run and
     over all runs (``05_summary`` runs once), then the sweep's wall clock (the ``total`` row)."""
-    folder = Path(folder)
-    paths = [folder / "timing.csv", folder / "config.yaml"]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise ValueError(f"{', '.join(missing)} missing: pass a report folder written by 'nmtune report' after a "
-                         "sweep (it holds timing.csv and config.yaml), e.g. reports/default")
+    paths = _report_files(folder, "timing.csv", "config.yaml", made_by="written by 'nmtune report' after a sweep "
+                          "(it holds timing.csv and config.yaml)")
     seconds = pd.read_csv(paths[0]).set_index("stage")["seconds"]
     config = yaml.safe_load(paths[1].read_text())
     runs = len(config["noise_ratios"]) * len(config["seeds"])
@@ -121,20 +117,26 @@ def time_table(folder: str | Path) -> str:
 def effects_table(folder: str | Path) -> str:
     """A report set's ``noise_effects.csv`` as a Markdown table: rows (protocol, mean of), columns the noise ratios,
     cells ``−1.68 ± 1.37`` (points, two decimals, the CSV's row order)."""
-    path = Path(folder) / "noise_effects.csv"
-    if not path.is_file():
-        raise ValueError(f"{path} missing: pass a report folder whose summary wrote noise_effects.csv, e.g. "
-                         "reports/default (sets rendered before notebook 05 wrote it lack it)")
+    (path,) = _report_files(folder, "noise_effects.csv", made_by="whose summary wrote noise_effects.csv (sets "
+                            "rendered before notebook 05 wrote it lack it)")
     frame = pd.read_csv(path)
     frame["cell"] = [f"{mean:+.2f} ± {half:.2f}".replace("-", "−")
                      for mean, half in zip(frame["mean_points"], frame["half_width_points"])]
     table = frame.pivot_table(index=["protocol", "mean_of"], columns="noise_ratio", values="cell", aggfunc="first",
-                              sort=False)
-    ratios = [f"{100 * ratio:g}%" for ratio in table.columns]
-    lines = ["| protocol | mean of | " + " | ".join(ratios) + " |", "|---|---|" + "---|" * len(ratios)]
-    lines += [f"| {protocol} | {mean_of} | " + " | ".join(row) + " |" for (protocol, mean_of), row in
-              zip(table.index, table.values)]
-    return "\n".join(lines)
+                              sort=False).rename(columns=lambda ratio: f"{100 * ratio:g}%")
+    return to_markdown(table.reset_index("mean_of").rename(columns={"mean_of": "mean of"}))
+
+
+FOLDER_TABLES = {"timing": time_table, "effects": effects_table}  # `nmtune <command> FOLDER`: one report set's table
+
+
+def _report_files(folder: str | Path, *names: str, made_by: str) -> list[Path]:
+    """The files ``names`` of the report set ``folder``; a ValueError naming the missing ones and what writes them."""
+    paths = [Path(folder) / name for name in names]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} missing: pass a report folder {made_by}, e.g. reports/default")
+    return paths
 
 
 def _seconds(value: float) -> str:

@@ -475,9 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(memorisation_table(frame))
             return 0
         if args.command in ("timing", "effects"):
-            from .report_tables import effects_table, time_table
+            from .report_tables import FOLDER_TABLES
 
-            print((time_table if args.command == "timing" else effects_table)(args.folder))
+            print(FOLDER_TABLES[args.command](args.folder))
             return 0
         if args.command == "compare":
             from .report_tables import compare_claims, to_markdown

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nmtune_lib.report_tables import (compare_claims, effects_table, format_effect, short_claim, time_table,
-                                      to_markdown)
+from nmtune_lib.report_tables import (FOLDER_TABLES, compare_claims, effects_table, format_effect, short_claim,
+                                      time_table, to_markdown)
 from nmtune_lib.memorisation import memorisation_table
 from nmtune_lib.summary import RULE_NEG, RULE_POS, _claim, _unjudged, claims_table
 from nmtune_lib.sweep import main
@@ -130,7 +130,7 @@ def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
         if command == "compare":
             printed = to_markdown(compare_claims([root / f for f in args.folders], args.protocols, args.labels))
         else:
-            printed = (time_table if command == "timing" else effects_table)(root / args.folder)
+            printed = FOLDER_TABLES[command](root / args.folder)
         assert table.splitlines() == printed.splitlines(), line
         found.append(command)
     assert found.count("compare") >= 3 and found.count("timing") >= 2 and found.count("effects") >= 2
