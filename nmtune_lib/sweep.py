@@ -54,9 +54,10 @@ def refuse_managed(overrides: Iterable[str]) -> None:
     (parameter and ``overrides``) and refuse it, run after run."""
     clash = sorted(set(overrides) & set(MANAGED))
     if clash:
-        raise ValueError(f"--set {', '.join(clash)} (overrides {clash} in Python): the sweep sets {', '.join(MANAGED)} "
-                         "itself; give them with --preset, --run-root, --noise-ratios, --seeds, --noise-kind or --dataset "
-                         "(in Python: the Study's config, e.g. Study.from_parameters(preset, seeds=…)) instead")
+        raise ValueError(f"--set {', '.join(clash)} (overrides {clash} in Python): the sweep sets "
+                         f"{', '.join(MANAGED)} itself; give them with --preset, --run-root, --noise-ratios, --seeds, "
+                         "--noise-kind or --dataset (in Python: the Study's config, e.g. "
+                         "Study.from_parameters(preset, seeds=…)) instead")
 
 
 def plan(study: Study, overrides: dict[str, Any], extra: dict[str, Any] | None = None) -> list[RunSpec]:

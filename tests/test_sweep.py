@@ -162,7 +162,8 @@ def test_unknown_parameter_and_bad_values_are_rejected_before_anything_runs(tmp_
     bad_ratio = _sweep(tmp_path, "--noise-ratios", "0.0", "1.5", timeout=120)
     assert bad_ratio.returncode == 2 and "noise_ratios" in bad_ratio.stderr
     managed = _sweep(tmp_path, "--set", "progress=true", timeout=120)  # each notebook would get it twice
-    assert managed.returncode == 2 and "--set progress (overrides ['progress'] in Python): the sweep sets" in managed.stderr
+    assert managed.returncode == 2
+    assert "--set progress (overrides ['progress'] in Python): the sweep sets" in managed.stderr
     bad_jobs = _sweep(tmp_path, "--jobs", "0", timeout=120)
     assert bad_jobs.returncode == 2 and "--jobs 0: expected an integer >= 1" in bad_jobs.stderr
     assert not any(tmp_path.iterdir()), "nothing may be written before validation passes"
