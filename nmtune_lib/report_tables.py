@@ -22,6 +22,8 @@ from typing import Sequence
 import pandas as pd
 import yaml
 
+from .config import ratio_percent
+
 PROTOCOLS = ("reference", "matched")
 SPECTRUM_FAMILY = "3"  # claims 3a–3d: on the features, the same under every protocol
 EFFECT = re.compile(r"^\s*([+-]?\d[\d.]*(?:e[+-]?\d+)?)(?: ± (\d[\d.]*(?:e[+-]?\d+)?))?")  # mean [± half]
@@ -119,11 +121,12 @@ def effects_table(folder: str | Path) -> str:
     cells ``−1.68 ± 1.37`` (points, two decimals, the CSV's row order)."""
     (path,) = _report_files(folder, "noise_effects.csv", made_by="whose summary wrote noise_effects.csv (sets "
                             "rendered before notebook 05 wrote it lack it)")
+    from .summary import effect_text  # notebook 05's cell text; imported here: it pulls in xarray and scipy
+
     frame = pd.read_csv(path)
-    frame["cell"] = [f"{mean:+.2f} ± {half:.2f}".replace("-", "−")
-                     for mean, half in zip(frame["mean_points"], frame["half_width_points"])]
+    frame["cell"] = [text.replace("-", "−") for text in effect_text(frame)]
     table = frame.pivot_table(index=["protocol", "mean_of"], columns="noise_ratio", values="cell", aggfunc="first",
-                              sort=False).rename(columns=lambda ratio: f"{100 * ratio:g}%")
+                              sort=False).rename(columns=ratio_percent)
     return to_markdown(table.reset_index("mean_of").rename(columns={"mean_of": "mean of"}))
 
 
