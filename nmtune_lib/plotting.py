@@ -290,3 +290,31 @@ def sensitivity(sens: pd.DataFrame) -> plt.Figure:
         ax.set(xlabel="pre-training label noise (%)", ylabel="NMTune − MLP (points)", title=metric.replace("_", " "))
     axes[0][-1].legend(title="variant", fontsize="small")
     return fig
+
+
+def task_effects(effects: pd.DataFrame) -> plt.Figure:
+    """Each task's accuracy against clean pre-training of the same seed (``summary.noise_effects(by="task")``):
+    points, mean ± 95% CI over seeds vs pre-training noise, a panel per (protocol, ID/OOD) and a line per task,
+    on one y scale, so that a task whose interval dwarfs the others' is seen as the one that widens its mean's."""
+    frame = effects.assign(noise=effects["noise_ratio"].astype(float) * 100)
+    protocols, kinds = list(dict.fromkeys(frame["protocol"])), list(dict.fromkeys(frame["mean_of"]))
+    tasks = list(dict.fromkeys(frame["task"]))
+    colours = dict(zip(tasks, sns.color_palette(n_colors=len(tasks))))
+    fig, axes = plt.subplots(len(protocols), len(kinds), figsize=(4.5 * len(kinds), 2.8 * len(protocols)),
+                             layout="constrained", squeeze=False, sharex=True, sharey=True)
+    step = np.diff(sorted(set(frame["noise"]))).min(initial=10) * 0.08  # side by side, not on top of each other
+    for row, protocol in zip(axes, protocols):
+        for ax, kind in zip(row, kinds):
+            part = frame[(frame["protocol"] == protocol) & (frame["mean_of"] == kind)]
+            names = list(dict.fromkeys(part["task"]))
+            for i, name in enumerate(names):
+                line = part[part["task"] == name].sort_values("noise")
+                ax.errorbar(line["noise"] + (i - (len(names) - 1) / 2) * step, line["mean_points"],
+                            yerr=line["half_width_points"].fillna(0), marker="o", ms=4, capsize=2,
+                            color=colours[name], label=name)
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set(title=f"{protocol}: {kind} tasks", xlabel="pre-training label noise (%)",
+                   ylabel="noisy − clean (points)")
+            ax.legend(fontsize="x-small")
+            ax.label_outer()  # the x label once under each column, the y label once beside each row
+    return fig

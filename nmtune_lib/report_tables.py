@@ -10,7 +10,7 @@
   over the grid's runs (``config.yaml``), and its wall clock.
 - ``nmtune effects reports/instance``: each noise ratio against clean pre-training of the same seed
   (``noise_effects.csv``): a row per (protocol, ID/OOD mean), a column per ratio, each cell mean ± 95 % half-width
-  in points.
+  in points; ``--by-task``: a row per (protocol, task) instead (``noise_effects_by_task.csv``).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import pandas as pd
 import yaml
 
 from .config import ratio_percent
+from .run import TASK_EFFECTS
 
 PROTOCOLS = ("reference", "matched")
 SPECTRUM_FAMILY = "3"  # claims 3a–3d: on the features, the same under every protocol
@@ -116,21 +117,30 @@ def time_table(folder: str | Path) -> str:
     return "\n".join(lines)
 
 
-def effects_table(folder: str | Path) -> str:
+def effects_table(folder: str | Path, *, by_task: bool = False) -> str:
     """A report set's ``noise_effects.csv`` as a Markdown table: rows (protocol, mean of), columns the noise ratios,
-    cells ``−1.68 ± 1.37`` (points, two decimals, the CSV's row order)."""
-    (path,) = _report_files(folder, "noise_effects.csv", made_by="whose summary wrote noise_effects.csv (sets "
-                            "rendered before notebook 05 wrote it lack it)")
+    cells ``−1.68 ± 1.37`` (points, two decimals, the CSV's row order). ``by_task``: ``noise_effects_by_task.csv``,
+    a row per (protocol, task), the mean (ID, OOD) each task enters beside it."""
+    name = EFFECTS_FILES[by_task]
+    (path,) = _report_files(folder, name, made_by=f"whose summary wrote {name} (sets rendered before notebook 05 "
+                            "wrote it lack it)")
     from .summary import effect_text  # notebook 05's cell text; imported here: it pulls in xarray and scipy
 
     frame = pd.read_csv(path)
     frame["cell"] = [text.replace("-", "−") for text in effect_text(frame)]
-    table = frame.pivot_table(index=["protocol", "mean_of"], columns="noise_ratio", values="cell", aggfunc="first",
+    rows = ["protocol", "mean_of", *(["task"] if by_task else [])]
+    table = frame.pivot_table(index=rows, columns="noise_ratio", values="cell", aggfunc="first",
                               sort=False).rename(columns=ratio_percent)
-    return to_markdown(table.reset_index("mean_of").rename(columns={"mean_of": "mean of"}))
+    return to_markdown(table.reset_index(rows[1:]).rename(columns={"mean_of": "mean of"}))
 
 
+EFFECTS_FILES = {False: "noise_effects.csv", True: TASK_EFFECTS}  # notebook 05 writes both
 FOLDER_TABLES = {"timing": time_table, "effects": effects_table}  # `nmtune <command> FOLDER`: one report set's table
+
+
+def folder_table(command: str, folder: str | Path, *, by_task: bool = False) -> str:
+    """What ``nmtune <command> FOLDER`` prints (``timing``, ``effects`` and ``effects --by-task``)."""
+    return effects_table(folder, by_task=by_task) if command == "effects" else FOLDER_TABLES[command](folder)
 
 
 def _report_files(folder: str | Path, *names: str, made_by: str) -> list[Path]:

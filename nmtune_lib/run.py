@@ -39,6 +39,7 @@ TRANSFER = "transfer.nc"  # 04
 RESULTS = {"spectrum": SPECTRUM, "transfer": TRANSFER, "history": HISTORY_NC}  # per-run result files by kind
 WRITTEN_BY = {"spectrum": "03_spectrum", "transfer": "04_transfer", "history": "02_pretrain"}  # their notebooks
 CLAIMS = "claims.json"  # 05, in the study folder
+TASK_EFFECTS = "noise_effects_by_task.csv"  # 05, in the study folder: summary.noise_effects(by="task")
 # What each notebook of a run reads and writes (its completion marker is keyed by their content: markers.py).
 STEPS = {
     "01_noise_injection": ((), (MANIFEST, NOISY_LABELS)),
@@ -145,9 +146,10 @@ class Study:
 
     def summary_files(self) -> tuple[dict[str, Path], dict[str, Path]]:
         """(inputs, outputs) of the summary: the grid's spectrum and transfer files, named relative to the study
-        folder (so that a moved run root keeps its names), and the claims table."""
+        folder (so that a moved run root keeps its names), and the claims and per-task effects tables (a run root
+        summarised before 05 wrote the latter is summarised again)."""
         inputs = {p.relative_to(self.dir).as_posix(): p for run in self.runs() for p in (run.spectrum, run.transfer)}
-        return inputs, {CLAIMS: self.path(CLAIMS)}
+        return inputs, {name: self.path(name) for name in (CLAIMS, TASK_EFFECTS)}
 
 
 @dataclass(frozen=True)

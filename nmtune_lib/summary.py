@@ -49,21 +49,26 @@ def load_results(study, kind: str) -> xr.Dataset:
     return combine_runs(study.result_paths(kind), kind)
 
 
+def task_scores(transfer: xr.Dataset, *, include_train_domain: bool = False) -> xr.DataArray:
+    """Each task's score (…, task): an ID task's in-domain test accuracy; an OOD task's mean over its test domains
+    (without the training domain unless ``include_train_domain``). ``id_ood_means`` averages these over tasks."""
+    acc = transfer["accuracy"]
+    if not include_train_domain:
+        acc = acc.where((transfer["task_kind"] == "id") | (transfer["test_domain"] != transfer["train_domain"]))
+    return acc.mean("test_domain", skipna=True)
+
+
 def id_ood_means(transfer: xr.Dataset, *, include_train_domain: bool = False) -> xr.Dataset:
     """ID mean and OOD mean accuracy (noise_ratio, seed, method).
 
     ID mean: plain mean over ID tasks of their in-domain test accuracy (docs/paper.md). OOD mean: for each OOD task,
     the mean over its test domains (without the training domain unless ``include_train_domain``), then the mean over
-    OOD tasks.
+    OOD tasks. Both are means of ``task_scores``.
     """
-    acc = transfer["accuracy"]
+    scores = task_scores(transfer, include_train_domain=include_train_domain)
     kind = transfer["task_kind"]
-    id_mean = acc.where(kind == "id").mean(["task", "test_domain"], skipna=True)
-    ood = acc.where(kind == "ood")
-    if not include_train_domain:
-        ood = ood.where(transfer["test_domain"] != transfer["train_domain"])
-    ood_mean = ood.mean("test_domain", skipna=True).mean("task", skipna=True)
-    return xr.Dataset({"id_mean": id_mean, "ood_mean": ood_mean})
+    return xr.Dataset({"id_mean": scores.where(kind == "id").mean("task", skipna=True),
+                       "ood_mean": scores.where(kind == "ood").mean("task", skipna=True)})
 
 
 def mean_ci(per_seed: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -338,32 +343,48 @@ def decomposition(transfer: xr.Dataset, *, setting: str = "base"):
                                        "half_width_points", "n_seeds"])
 
 
-def noise_effects(transfer: xr.Dataset, *, probe: str = "lp", setting: str = "base"):
+EFFECTS_BY = ("mean", "task")  # noise_effects' rows: per ID/OOD mean, or per task
+
+
+def noise_effects(transfer: xr.Dataset, *, probe: str = "lp", setting: str = "base", by: str = "mean"):
     """Claims 1a and 2a one noise ratio at a time (docs/paper.md §7 asks whether an optimal ratio exists): per
     protocol, test domain (ID mean, OOD mean) and noise ratio > 0, ``probe``'s accuracy minus that of the clean (0 %)
     pre-training of the same seed, mean over seeds ± 95% half-width, in points; ``ci`` says on which side of zero
-    the interval lies (``spans 0`` when on neither). Empty when the grid has no clean run."""
+    the interval lies (``spans 0`` when on neither). Empty when the grid has no clean run.
+
+    ``by="task"``: the same comparison for each task's own score (``task_scores``) instead of the two means, with a
+    ``task`` column after ``mean_of`` (the mean the task enters): which tasks carry a mean's effect and its spread.
+    """
     import pandas as pd
 
+    if by not in EFFECTS_BY:
+        raise ValueError(f"noise_effects: by={by!r}; accepted: {', '.join(map(repr, EFFECTS_BY))}")
     rows = []
     for protocol in transfer["protocol"].values:
-        means = id_ood_means(transfer.sel(setting=setting, protocol=protocol)).sel({"method": probe})
-        ratios = [float(r) for r in means["noise_ratio"].values]
+        part = transfer.sel(setting=setting, protocol=protocol)
+        if by == "mean":
+            means = id_ood_means(part).sel({"method": probe})
+            groups = [({"mean_of": which[:-5].upper()}, means[which]) for which in ("id_mean", "ood_mean")]
+        else:
+            scores = task_scores(part).sel({"method": probe})
+            groups = [({"mean_of": str(kind).upper(), "task": str(task)}, scores.sel(task=task))
+                      for task, kind in zip(part["task"].values, part["task_kind"].values)]
+        ratios = [float(r) for r in part["noise_ratio"].values]
         zero = _clean_ratio(ratios)
         if zero is None:
             continue  # no clean run to compare with
-        for which in ("id_mean", "ood_mean"):
-            if not np.isfinite(means[which]).any():
+        for labels, values in groups:
+            if not np.isfinite(values).any():
                 continue  # a suite without ID (or OOD) tasks, or a protocol not run
             for r in ratios:
                 if r == zero:
                     continue
-                mean, half, n = paired_effect(means[which].sel(noise_ratio=r), means[which].sel(noise_ratio=zero))
+                mean, half, n = paired_effect(values.sel(noise_ratio=r), values.sel(noise_ratio=zero))
                 side = {"supported": "above 0", "contradicted": "below 0"}.get(verdict(mean, half, +1), "spans 0")
-                rows.append(dict(protocol=str(protocol), mean_of=which[:-5].upper(), noise_ratio=f"{r:g}",
-                                 mean_points=mean, half_width_points=half, n_seeds=n, ci=side))
-    return pd.DataFrame(rows, columns=["protocol", "mean_of", "noise_ratio", "mean_points", "half_width_points",
-                                       "n_seeds", "ci"])
+                rows.append(dict(protocol=str(protocol), **labels, noise_ratio=f"{r:g}", mean_points=mean,
+                                 half_width_points=half, n_seeds=n, ci=side))
+    return pd.DataFrame(rows, columns=["protocol", "mean_of", *(["task"] if by == "task" else []), "noise_ratio",
+                                       "mean_points", "half_width_points", "n_seeds", "ci"])
 
 
 def effect_text(frame) -> list[str]:

@@ -454,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     ef = sub.add_parser("effects", help="a report set's noise ratios against clean pre-training as a Markdown "
                         "table (nmtune_lib.report_tables)")
     ef.add_argument("folder", help="a report set holding noise_effects.csv, e.g. reports/default")
+    ef.add_argument("--by-task", action="store_true", help="a row per task instead of per ID/OOD mean "
+                    "(noise_effects_by_task.csv)")
     mm = sub.add_parser("memorisation", help="flipped labels predicted by each noisy run's backbone vs the clean "
                         "backbone of its seed; writes <out>/<preset>/memorisation.csv (nmtune_lib.memorisation)")
     _report_arguments(mm)
@@ -477,9 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(memorisation_table(frame))
             return 0
         if args.command in ("timing", "effects"):
-            from .report_tables import FOLDER_TABLES
+            from .report_tables import folder_table
 
-            print(FOLDER_TABLES[args.command](args.folder))
+            print(folder_table(args.command, args.folder, by_task=getattr(args, "by_task", False)))
             return 0
         if args.command == "compare":
             from .report_tables import compare_claims, to_markdown

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nmtune_lib.report_tables import (FOLDER_TABLES, compare_claims, effects_table, format_effect, short_claim,
+from nmtune_lib.report_tables import (compare_claims, effects_table, folder_table, format_effect, short_claim,
                                       time_table, to_markdown)
 from nmtune_lib.memorisation import memorisation_table
 from nmtune_lib.summary import RULE_NEG, RULE_POS, _claim, _unjudged, claims_table
@@ -112,6 +112,23 @@ def test_effects_table_rows_per_protocol_and_mean_columns_per_ratio(tmp_path, ca
     assert "noise_effects.csv missing" in capsys.readouterr().err
 
 
+def test_effects_by_task_table_has_a_row_per_protocol_and_task(tmp_path, capsys):
+    rows = [("reference", "ID", "mnist5k", 0.05, -0.72, 2.462), ("reference", "ID", "mnist5k", 0.1, -1.84, 1.878),
+            ("reference", "OOD", "digits_shift", 0.05, 1.9477, 12.8005),
+            ("reference", "OOD", "digits_shift", 0.1, -2.2148, 9.1297)]
+    pd.DataFrame(rows, columns=["protocol", "mean_of", "task", "noise_ratio", "mean_points",
+                                "half_width_points"]).to_csv(tmp_path / "noise_effects_by_task.csv", index=False)
+    expected = ["| protocol | mean of | task | 5% | 10% |", "|---|---|---|---|---|",
+                "| reference | ID | mnist5k | −0.72 ± 2.46 | −1.84 ± 1.88 |",
+                "| reference | OOD | digits_shift | +1.95 ± 12.80 | −2.21 ± 9.13 |"]
+    assert effects_table(tmp_path, by_task=True).splitlines() == expected
+    assert main(["effects", "--by-task", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+    assert main(["effects", str(tmp_path)]) == 2  # the per-mean table is another file
+    assert "noise_effects.csv missing" in capsys.readouterr().err
+    assert folder_table("effects", tmp_path, by_task=True) == "\n".join(expected)
+
+
 def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
     """Each README table introduced by `nmtune compare …`, `nmtune timing …` or `nmtune effects …` holds, header and
     rows, what that command prints now from the committed report sets."""
@@ -130,7 +147,7 @@ def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
         if command == "compare":
             printed = to_markdown(compare_claims([root / f for f in args.folders], args.protocols, args.labels))
         else:
-            printed = FOLDER_TABLES[command](root / args.folder)
+            printed = folder_table(command, root / args.folder, by_task=getattr(args, "by_task", False))
         assert table.splitlines() == printed.splitlines(), line
         found.append(command)
     assert found.count("compare") >= 3 and found.count("timing") >= 3 and found.count("effects") >= 4

@@ -129,6 +129,30 @@ def test_noise_effects_compare_each_ratio_with_clean_pretraining_of_the_same_see
     assert (noise_effects(flat.sel(noise_ratio=[0.05, 0.1]))).empty  # no clean run: nothing to compare with
 
 
+def test_noise_effects_by_task_split_each_mean_into_its_tasks():
+    transfer, _ = _grid(id_effect=0.02, ood_effect=-0.2, nmtune_gain=0.02, sve_slope=0.0, matched_gain=0.02,
+                        noise=0.0005)
+    by_task = noise_effects(transfer, by="task")
+    kinds = dict(zip(transfer["task"].values, transfer["task_kind"].values))
+    assert list(by_task.columns[:4]) == ["protocol", "mean_of", "task", "noise_ratio"]
+    assert set(by_task["task"]) == set(kinds) and all(by_task["mean_of"] == by_task["task"].map(kinds).str.upper())
+    # each mean's effect is the mean of its tasks' effects (a mean of paired differences is linear)
+    per_mean = noise_effects(transfer).set_index(["protocol", "mean_of", "noise_ratio"])["mean_points"]
+    from_tasks = by_task.groupby(["protocol", "mean_of", "noise_ratio"])["mean_points"].mean()
+    assert from_tasks.reindex(per_mean.index).to_numpy() == pytest.approx(per_mean.to_numpy(), abs=1e-9)
+    # a task whose score moves alone shows up in its own row only
+    shifted = transfer.copy(deep=True)
+    task = next(t for t, k in kinds.items() if k == "ood")
+    shifted["accuracy"].loc[{"task": task, "noise_ratio": 0.3}] -= 0.1
+    moved = noise_effects(shifted, by="task").set_index(["protocol", "task", "noise_ratio"])["mean_points"]
+    before = by_task.set_index(["protocol", "task", "noise_ratio"])["mean_points"]
+    changed = (moved - before).abs() > 1e-9
+    assert set(changed[changed].index) == {(p, task, "0.3") for p in ("reference", "matched")}
+    assert (moved - before)[changed].to_numpy() == pytest.approx([-10.0, -10.0])
+    with pytest.raises(ValueError, match=r"by='tasks'; accepted: 'mean', 'task'"):
+        noise_effects(transfer, by="tasks")
+
+
 def test_sensitivity_reports_the_growth_of_the_regularisers_effect_with_noise():
     config = StudyConfig.from_preset("smoke", reg_scales=[1.0, 10.0], single_lambda=0.0)
     for growth, sign in ((0.1, 1), (-0.1, -1)):
@@ -149,3 +173,22 @@ def test_stability_agrees_for_a_clear_effect_and_not_for_a_marginal_one():
     transfer, spectrum = _grid(id_effect=0.0, ood_effect=0.0, nmtune_gain=0.002, sve_slope=0.0, noise=0.002)
     marginal = stability(judge_claims(_reference(transfer), spectrum)).set_index("claim")["agreement"]
     assert marginal["1a"] < 1.0
+
+
+def test_task_effects_figure_has_a_panel_per_protocol_and_kind_and_a_line_per_task():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from nmtune_lib import plotting
+
+    transfer, _ = _grid(id_effect=0.02, ood_effect=-0.2, nmtune_gain=0.02, sve_slope=0.0, matched_gain=0.02,
+                        noise=0.0005)
+    by_task = noise_effects(transfer, by="task")
+    fig = plotting.task_effects(by_task)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [f"{p}: {k} tasks" for p in ("reference", "matched") for k in ("ID", "OOD")]
+    for ax in fig.axes:
+        protocol, kind = ax.get_title().split(": ")[0], ax.get_title().split(": ")[1].split()[0]
+        expected = by_task[(by_task["protocol"] == protocol) & (by_task["mean_of"] == kind)]
+        assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == sorted(set(expected["task"]))
+    matplotlib.pyplot.close(fig)

@@ -71,6 +71,14 @@ def test_notebook_05_wrote_the_claims_table(smoke_sweep):
     effects = pd.read_csv(smoke_sweep / "smoke" / "noise_effects.csv")  # the smoke grid: 20 % against 0 %, 1 seed
     assert set(effects["noise_ratio"]) == {0.2} and set(effects["mean_of"]) == {"ID", "OOD"}
     assert (effects["n_seeds"] == 1).all() and effects["half_width_points"].isna().all()
+    by_task = pd.read_csv(smoke_sweep / "smoke" / "noise_effects_by_task.csv")  # the same, one row per task
+    with xr.open_dataset(next(smoke_sweep.rglob("transfer.nc"))) as transfer:
+        tasks = sorted(transfer["task"].values)
+    assert sorted(set(by_task["task"])) == tasks and set(by_task["noise_ratio"]) == {0.2}
+    means = by_task.groupby(["protocol", "mean_of"], sort=False)["mean_points"].mean()
+    assert means.to_numpy() == pytest.approx(effects.set_index(["protocol", "mean_of"])["mean_points"]
+                                             .loc[means.index].to_numpy())
+    assert (smoke_sweep / "smoke" / "noise_effects_by_task.png").stat().st_size > 10_000
 
 
 def test_the_sweep_records_its_config_and_stage_times(smoke_sweep):
