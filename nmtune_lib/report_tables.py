@@ -122,8 +122,9 @@ def effects_table(folder: str | Path, *, by_task: bool = False) -> str:
     cells ``−1.68 ± 1.37`` (points, two decimals, the CSV's row order). ``by_task``: ``noise_effects_by_task.csv``,
     a row per (protocol, task), the mean (ID, OOD) each task enters beside it."""
     name = EFFECTS_FILES[by_task]
-    (path,) = _report_files(folder, name, made_by=f"whose summary wrote {name} (sets rendered before notebook 05 "
-                            "wrote it lack it)")
+    (path,) = _report_files(folder, name, made_by=f"whose summary wrote {name} (a set summarised before notebook "
+                            "05 wrote it lacks it: 'make study PRESET=<preset>' runs only 05 again where its runs are "
+                            "kept)")
     from .summary import effect_text  # notebook 05's cell text; imported here: it pulls in xarray and scipy
 
     frame = pd.read_csv(path)

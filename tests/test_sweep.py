@@ -260,3 +260,19 @@ def test_compact_figures_keeps_the_picture_and_shrinks_it():
     assert len(compacted) < len(page)
     assert np.abs(back - pixels[..., :3]).mean() < 1.0 and (back[22:28, 10:100] == (31, 119, 180)).all()
     assert compact_figures(compacted) == compacted  # already a palette image: left as it is
+
+
+def test_the_readme_xarray_block_runs_on_a_sweep(smoke_sweep, capsys):
+    """The README's "Read the results yourself" block, pointed at the smoke sweep instead of runs/default."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Read the results yourself (xarray)", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    call = 'Study.from_parameters("default")'
+    assert call in block, "the README block no longer reads the default grid: update this test"
+    exec(block.replace(call, f'Study.from_parameters("smoke", run_root={str(smoke_sweep)!r})'), {})
+    printed = capsys.readouterr().out
+    with xr.open_dataset(next(smoke_sweep.rglob("transfer.nc"))) as transfer:
+        tasks = list(transfer["task"].values)
+    assert all(printed.count(task) >= 2 for task in tasks)  # in the per-task drop and in the effects table
