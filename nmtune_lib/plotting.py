@@ -296,6 +296,9 @@ def task_effects(effects: pd.DataFrame) -> plt.Figure:
     """Each task's accuracy against clean pre-training of the same seed (``summary.noise_effects(by="task")``):
     points, mean ± 95% CI over seeds vs pre-training noise, a panel per (protocol, ID/OOD) and a line per task,
     on one y scale, so that a task whose interval dwarfs the others' is seen as the one that widens its mean's."""
+    if effects.empty:
+        raise ValueError("task_effects: no rows; noise_effects(by=\"task\") is empty for a grid without a clean (0 %) "
+                         "run, so there is nothing to plot")
     frame = effects.assign(noise=effects["noise_ratio"].astype(float) * 100)
     protocols, kinds = list(dict.fromkeys(frame["protocol"])), list(dict.fromkeys(frame["mean_of"]))
     tasks = list(dict.fromkeys(frame["task"]))

@@ -164,6 +164,9 @@ def test_a_copied_run_root_reruns_nothing_and_a_changed_grid_redoes_the_summary(
     assert claims["grid"]["noise_ratios"] == [0.2] and not any("0.00" in n for n in claims["inputs"])
     unjudged = [c for c in claims["claims"] if c["verdict"] == "not judged"]
     assert unjudged and all("noise ratio" in c["effect"] for c in unjudged)
+    # no clean run to compare each task with: an empty per-task table, and the old grid's figure is gone
+    assert (copied_root / "smoke" / "noise_effects_by_task.csv").read_text().count("\n") == 1  # the header
+    assert not (copied_root / "smoke" / "noise_effects_by_task.png").exists()
     # extended again after that summary: the finished runs are skipped, the summary is redone over the whole grid
     # (a new run in an extended grid is any other run of a sweep; its cost is left to the tests that need one)
     extended = nmtune_sweep(copied_root, "--noise-ratios", "0", "0.2", timeout=600)

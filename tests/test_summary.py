@@ -192,3 +192,7 @@ def test_task_effects_figure_has_a_panel_per_protocol_and_kind_and_a_line_per_ta
         expected = by_task[(by_task["protocol"] == protocol) & (by_task["mean_of"] == kind)]
         assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == sorted(set(expected["task"]))
     matplotlib.pyplot.close(fig)
+    no_clean = noise_effects(transfer.sel(noise_ratio=[0.05, 0.1]), by="task")
+    assert no_clean.empty and "task" in no_clean.columns
+    with pytest.raises(ValueError, match="without a clean"):
+        plotting.task_effects(no_clean)
