@@ -121,7 +121,7 @@ def effects_table(folder: str | Path, *, by_task: bool = False) -> str:
     """A report set's ``noise_effects.csv`` as a Markdown table: rows (protocol, mean of), columns the noise ratios,
     cells ``−1.68 ± 1.37`` (points, two decimals, the CSV's row order). ``by_task``: ``noise_effects_by_task.csv``,
     a row per (protocol, task), the mean (ID, OOD) each task enters beside it."""
-    name = EFFECTS_FILES[by_task]
+    name = TASK_EFFECTS if by_task else "noise_effects.csv"  # notebook 05 writes both
     (path,) = _report_files(folder, name, made_by=f"whose summary wrote {name} (a set summarised before notebook "
                             "05 wrote it lacks it: 'make study PRESET=<preset>' runs only 05 again where its runs are "
                             "kept)")
@@ -135,13 +135,14 @@ def effects_table(folder: str | Path, *, by_task: bool = False) -> str:
     return to_markdown(table.reset_index(rows[1:]).rename(columns={"mean_of": "mean of"}))
 
 
-EFFECTS_FILES = {False: "noise_effects.csv", True: TASK_EFFECTS}  # notebook 05 writes both
-FOLDER_TABLES = {"timing": time_table, "effects": effects_table}  # `nmtune <command> FOLDER`: one report set's table
-
-
 def folder_table(command: str, folder: str | Path, *, by_task: bool = False) -> str:
-    """What ``nmtune <command> FOLDER`` prints (``timing``, ``effects`` and ``effects --by-task``)."""
-    return effects_table(folder, by_task=by_task) if command == "effects" else FOLDER_TABLES[command](folder)
+    """What ``nmtune <command> FOLDER`` prints: ``timing`` (``time_table``), ``effects`` [``--by-task``]
+    (``effects_table``)."""
+    if command == "timing":
+        return time_table(folder)
+    if command == "effects":
+        return effects_table(folder, by_task=by_task)
+    raise ValueError(f"folder_table: command {command!r}; accepted: 'timing', 'effects'")
 
 
 def _report_files(folder: str | Path, *names: str, made_by: str) -> list[Path]:
