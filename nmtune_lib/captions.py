@@ -10,10 +10,13 @@
   outside the middle band (``BANDS``), and one or two of the named ones are mentioned;
 - **a template** (``TEMPLATES``).
 
-Every choice is drawn from a generator seeded by (seed, index), so a caption is a function of (image, label,
-seed) alone: "a photo of a dark, wide pullover". ``Tokenizer`` maps captions to fixed-length id tensors over the
-fixed vocabulary of the templates, synonyms and attributes (``vocabulary``); ``class_prompts`` gives the prompts of
-zero-shot classification (every template × synonym of a class, no attributes).
+``attributes`` names the attributes a caption may mention (all three by default); ``()`` leaves them out, so a
+caption is a template and a class synonym, drawn as with attributes. The study's control for what the attribute
+words teach the image tower (README, "Task by task"). Every choice is drawn from a generator seeded by (seed,
+index), so a caption is a function of (image, label, seed) alone: "a photo of a dark, wide pullover". ``Tokenizer``
+maps captions to fixed-length id tensors over the fixed vocabulary of the templates, synonyms and attributes
+(``vocabulary``); ``class_prompts`` gives the prompts of zero-shot classification (every template × synonym of a
+class, no attributes).
 """
 from __future__ import annotations
 
@@ -64,11 +67,14 @@ def _extent(mask: torch.Tensor) -> torch.Tensor:
     return (last - first + 1).clamp(min=0).float()
 
 
-def attribute_words(values: dict[str, torch.Tensor]) -> list[list[str]]:
-    """For each image, the attribute words its measurements name (outside the middle band), in ATTRIBUTES order."""
+def attribute_words(values: dict[str, torch.Tensor], names=tuple(ATTRIBUTES)) -> list[list[str]]:
+    """For each image, the words of the attributes ``names`` its measurements name (outside the middle band), in
+    ATTRIBUTES order."""
     n = len(next(iter(values.values())))
     words: list[list[str]] = [[] for _ in range(n)]
     for name, (low_word, high_word) in ATTRIBUTES.items():
+        if name not in names:
+            continue
         low, high = BANDS[name]
         for i, v in enumerate(values[name].tolist()):
             if v < low:
@@ -82,9 +88,14 @@ def caption_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index), 2]).generate_state(1, np.uint64)[0])
 
 
-def captions_for(images: torch.Tensor, labels: torch.Tensor, classes, seed: int) -> list[str]:
-    """One caption per image: a template, a synonym of its class and one or two of its measured attributes."""
-    words = attribute_words(measure(images))
+def captions_for(images: torch.Tensor, labels: torch.Tensor, classes, seed: int,
+                 attributes=tuple(ATTRIBUTES)) -> list[str]:
+    """One caption per image: a template, a synonym of its class and one or two of its measured ``attributes``
+    (names of ATTRIBUTES; none: the template and the synonym alone)."""
+    unknown = [a for a in attributes if a not in ATTRIBUTES]
+    if unknown:
+        raise ValueError(f"captions_for: attributes {unknown} unknown; accepted: {', '.join(ATTRIBUTES)}")
+    words = attribute_words(measure(images), tuple(attributes))
     out = []
     for i, (label, named) in enumerate(zip(labels.tolist(), words)):
         rng = np.random.default_rng(caption_seed(seed, i))

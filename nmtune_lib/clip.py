@@ -163,18 +163,19 @@ def build(config, train_set) -> ClipModel:
                                          eos_id=tokenizer.vocab.index("<eos>")))
 
 
-def texts(train_set, noisy, test_set, seed: int) -> dict:
-    """Token ids: ``clean`` (each training image's own caption), ``noisy`` (the caption it is trained with:
-    ``noisy.caption_source`` picks whose), ``test`` (the clean test captions) and ``prompts`` (one P×L tensor per
-    class: the zero-shot prompts)."""
-    from .captions import Tokenizer, captions_for, class_prompts
+def texts(train_set, noisy, test_set, seed: int, attributes=None) -> dict:
+    """Token ids (captions naming ``attributes``, default all of ``captions.ATTRIBUTES``): ``clean`` (each training
+    image's own caption), ``noisy`` (the caption it is trained with: ``noisy.caption_source`` picks whose), ``test``
+    (the clean test captions) and ``prompts`` (one P×L tensor per class: the zero-shot prompts)."""
+    from .captions import ATTRIBUTES, Tokenizer, captions_for, class_prompts
 
+    attributes = tuple(ATTRIBUTES) if attributes is None else attributes
     tokenizer = Tokenizer.for_classes(train_set.classes)
-    clean = tokenizer(captions_for(train_set.images, train_set.labels, train_set.classes, seed))
+    clean = tokenizer(captions_for(train_set.images, train_set.labels, train_set.classes, seed, attributes))
     source = noisy.caption_source if noisy.caption_source is not None else torch.arange(len(clean))
     prompts = [tokenizer(p) for p in class_prompts(train_set.classes)]
     return dict(clean=clean, noisy=clean[source], test=tokenizer(
-        captions_for(test_set.images, test_set.labels, test_set.classes, seed)), prompts=prompts)
+        captions_for(test_set.images, test_set.labels, test_set.classes, seed, attributes)), prompts=prompts)
 
 
 def train_step(model: nn.Module, clip_model: ClipModel, opt: torch.optim.Optimizer, x: torch.Tensor,

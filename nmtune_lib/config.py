@@ -19,6 +19,8 @@ from typing import Any, Sequence, get_type_hints
 from . import reference as ref
 from .reference import METHODS
 
+# the attributes a caption may name (nmtune_lib.captions.ATTRIBUTES; kept here so that config imports no torch)
+CAPTION_ATTRIBUTES = ("brightness", "size", "shape")
 NOISE_KINDS = ("symmetric", "asymmetric", "instance", "caption_swap")  # caption_swap: objective=clip only
 OBJECTIVES = ("supervised", "clip")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -70,6 +72,7 @@ class StudyConfig:
     label_smoothing: float = 0.0
     clip_lr: float = 5e-4  # objective=clip: peak learning rate of AdamW (open_clip's default, the paper's CLIP lr)
     clip_weight_decay: float = 0.2  # objective=clip: AdamW weight decay (open_clip's default)
+    caption_attributes: tuple[str, ...] = CAPTION_ATTRIBUTES  # objective=clip: what captions may name; () = class only
     compile: bool = False  # torch.compile on CUDA
     stream: bool = False  # folder datasets: read the images from disk every epoch (DataLoader), not decoded in memory
     loader_workers: int = 4  # DataLoader worker processes when streaming
@@ -170,6 +173,7 @@ class StudyConfig:
         # these only when set, so that the keys of earlier runs stay what they were
         keys += tuple(k for k in ("pretrained", "stream") if getattr(self, k))
         keys += ("objective", "clip_lr", "clip_weight_decay") if self.objective != "supervised" else ()
+        keys += ("caption_attributes",) if self.caption_attributes != CAPTION_ATTRIBUTES else ()
         return {k: getattr(self, k) for k in keys}
 
 
@@ -340,6 +344,10 @@ def _check_values(cfg: StudyConfig) -> None:
     need((cfg.objective == "clip") == (cfg.noise_kind == "caption_swap"), "noise_kind",
          "caption_swap with objective=clip (captions are what CLIP pre-training reads), and a label-noise kind "
          f"({', '.join(k for k in NOISE_KINDS if k != 'caption_swap')}) with objective=supervised")
+    need(set(cfg.caption_attributes) <= set(CAPTION_ATTRIBUTES) and len(set(cfg.caption_attributes)) == len(
+        cfg.caption_attributes), "caption_attributes", f"distinct names among {', '.join(CAPTION_ATTRIBUTES)}")
+    need(cfg.objective == "clip" or cfg.caption_attributes == CAPTION_ATTRIBUTES, "caption_attributes",
+         f"the default {list(CAPTION_ATTRIBUTES)} unless objective=clip: only CLIP pre-training reads captions")
     need(cfg.objective == "supervised" or not (cfg.stream or cfg.pretrained), "objective",
          "supervised with stream or pretrained (CLIP pre-training reads its images in memory)")
     need(len(cfg.seeds) > 0 and all(s >= 0 for s in cfg.seeds), "seeds", "a non-empty list of integers >= 0")

@@ -284,14 +284,17 @@ def noisy_labels_for_run(run: Run, train_set) -> NoisyLabels:
 
 
 def write_captions(run: Run, train_set) -> str:
-    """``captions.json`` of the run (every training image's own caption, ``nmtune_lib.captions``); returns the
+    """``captions.json`` of the run (every training image's own caption, naming ``config.caption_attributes``,
+    ``nmtune_lib.captions``); returns the
     sha256 of its caption list."""
     from .captions import captions_for
 
-    captions = captions_for(train_set.images, train_set.labels, train_set.classes, run.seed)
+    attributes = list(run.config.caption_attributes)
+    captions = captions_for(train_set.images, train_set.labels, train_set.classes, run.seed, attributes)
     digest = hashlib.sha256(json.dumps(captions).encode()).hexdigest()
     run.dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run.dir / CAPTIONS, dict(seed=int(run.seed), captions_sha256=digest, captions=captions))
+    atomic_write_json(run.dir / CAPTIONS, dict(seed=int(run.seed), attributes=attributes, captions_sha256=digest,
+                                               captions=captions))
     return digest
 
 

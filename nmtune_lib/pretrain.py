@@ -132,7 +132,8 @@ def _set_up(run: Run, train_set, noisy, test_set, *, device, dist, key, ckpt, st
                                        img_size=config.img_size, small_stem=config.small_stem)
     backbone = backbone.to(device, memory_format=torch.channels_last)
     # CLIP trains on captions: the "labels" of a sample are the tokens of the caption it carries
-    texts = clip.texts(train_set, noisy, test_set, run.seed) if config.objective == "clip" else None
+    texts = (clip.texts(train_set, noisy, test_set, run.seed, config.caption_attributes) if config.objective == "clip"
+             else None)
     targets = texts["noisy"] if texts is not None else noisy.labels
 
     # This rank's shard of the training set (every ``world``-th sample): in memory, its images and labels on the

@@ -11,6 +11,8 @@
 - ``nmtune effects reports/instance``: each noise ratio against clean pre-training of the same seed
   (``noise_effects.csv``): a row per (protocol, ID/OOD mean), a column per ratio, each cell mean ± 95 % half-width
   in points; ``--by-task``: a row per (protocol, task) instead (``noise_effects_by_task.csv``).
+- ``nmtune scores reports/clip/caption_probe/class``: the levels those effects are differences of
+  (``task_scores.csv``): a row per (protocol, task), a column per ratio, each cell mean ± 95 % half-width in %.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import pandas as pd
 import yaml
 
 from .config import ratio_percent
-from .run import TASK_EFFECTS
+from .run import TASK_EFFECTS, TASK_SCORES
 
 PROTOCOLS = ("reference", "matched")
 SPECTRUM_FAMILY = "3"  # claims 3a–3d: on the features, the same under every protocol
@@ -117,32 +119,60 @@ def time_table(folder: str | Path) -> str:
     return "\n".join(lines)
 
 
-def effects_table(folder: str | Path, *, by_task: bool = False) -> str:
+def effects_table(*folders: str | Path, by_task: bool = False) -> str:
     """A report set's ``noise_effects.csv`` as a Markdown table: rows (protocol, mean of), columns the noise ratios,
     cells ``−1.68 ± 1.37`` (points, two decimals, the CSV's row order). ``by_task``: ``noise_effects_by_task.csv``,
-    a row per (protocol, task), the mean (ID, OOD) each task enters beside it."""
+    a row per (protocol, task), the mean (ID, OOD) each task enters beside it. Several sets: one table, their rows
+    one after another under a first column ``set`` (each folder's name)."""
     name = TASK_EFFECTS if by_task else "noise_effects.csv"  # notebook 05 writes both
-    (path,) = _report_files(folder, name, made_by=f"whose summary wrote {name} (a set summarised before notebook "
-                            "05 wrote it lacks it: 'make study PRESET=<preset>' runs only 05 again where its runs are "
-                            "kept)")
+    frame = _read_sets(folders, name, made_by=f"whose summary wrote {name} (a set summarised before notebook 05 "
+                       "wrote it lacks it: 'make study PRESET=<preset>' runs only 05 again where its runs are kept)")
     from .summary import effect_text  # notebook 05's cell text; imported here: it pulls in xarray and scipy
 
-    frame = pd.read_csv(path)
-    frame["cell"] = [text.replace("-", "−") for text in effect_text(frame)]
-    rows = ["protocol", "mean_of", *(["task"] if by_task else [])]
+    return _ratio_table(frame, effect_text(frame), by_task=by_task)
+
+
+def scores_table(*folders: str | Path) -> str:
+    """A report set's ``task_scores.csv`` as a Markdown table: rows (protocol, task), the mean each task enters
+    beside it, columns the noise ratios (0 % included), cells ``45.21 ± 3.10`` (%, two decimals); several sets as
+    in ``effects_table``."""
+    frame = _read_sets(folders, TASK_SCORES, made_by=f"whose summary wrote {TASK_SCORES} (notebook 05 writes it "
+                       "since the caption probe; earlier sets lack it)")
+    cells = [f"{m:.2f} ± {h:.2f}" for m, h in zip(frame["mean_percent"], frame["half_width_percent"])]
+    return _ratio_table(frame, cells, by_task=True)
+
+
+def _read_sets(folders: Sequence[str | Path], name: str, *, made_by: str) -> pd.DataFrame:
+    """The file ``name`` of each report set, stacked, with a ``set`` column (the folder's name) when more than one."""
+    if not folders:
+        raise ValueError(f"no report folder given: pass one or more, each holding {name}")
+    frames = [pd.read_csv(_report_files(folder, name, made_by=made_by)[0]) for folder in folders]
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat([f.assign(set=Path(folder).name) for f, folder in zip(frames, folders)], ignore_index=True)
+
+
+def _ratio_table(frame: pd.DataFrame, cells: list[str], *, by_task: bool) -> str:
+    """Rows ([set,] protocol, mean of[, task]) in the files' order, a column per noise ratio, ``cells`` in them."""
+    frame = frame.assign(cell=[text.replace("-", "−") for text in cells])
+    rows = [*(["set"] if "set" in frame.columns else []), "protocol", "mean_of", *(["task"] if by_task else [])]
     table = frame.pivot_table(index=rows, columns="noise_ratio", values="cell", aggfunc="first",
-                              sort=False).rename(columns=ratio_percent)
+                              sort=False).rename(columns=ratio_percent).fillna("")  # a ratio a row lacks
     return to_markdown(table.reset_index(rows[1:]).rename(columns={"mean_of": "mean of"}))
 
 
-def folder_table(command: str, folder: str | Path, *, by_task: bool = False) -> str:
-    """What ``nmtune <command> FOLDER`` prints: ``timing`` (``time_table``), ``effects`` [``--by-task``]
-    (``effects_table``)."""
+def folder_table(command: str, *folders: str | Path, by_task: bool = False) -> str:
+    """What ``nmtune <command> FOLDER…`` prints: ``timing`` (``time_table``, one folder), ``effects``
+    [``--by-task``] (``effects_table``), ``scores`` (``scores_table``)."""
     if command == "timing":
-        return time_table(folder)
+        if len(folders) != 1:
+            raise ValueError(f"nmtune timing: one report folder, got {len(folders)}")
+        return time_table(folders[0])
     if command == "effects":
-        return effects_table(folder, by_task=by_task)
-    raise ValueError(f"folder_table: command {command!r}; accepted: 'timing', 'effects'")
+        return effects_table(*folders, by_task=by_task)
+    if command == "scores":
+        return scores_table(*folders)
+    raise ValueError(f"folder_table: command {command!r}; accepted: 'timing', 'effects', 'scores'")
 
 
 def _report_files(folder: str | Path, *names: str, made_by: str) -> list[Path]:

@@ -40,6 +40,7 @@ RESULTS = {"spectrum": SPECTRUM, "transfer": TRANSFER, "history": HISTORY_NC}  #
 WRITTEN_BY = {"spectrum": "03_spectrum", "transfer": "04_transfer", "history": "02_pretrain"}  # their notebooks
 CLAIMS = "claims.json"  # 05, in the study folder
 TASK_EFFECTS = "noise_effects_by_task.csv"  # 05, in the study folder: summary.noise_effects(by="task")
+TASK_SCORES = "task_scores.csv"  # 05, in the study folder: summary.score_levels (not in its marker)
 # What each notebook of a run reads and writes (its completion marker is keyed by their content: markers.py).
 STEPS = {
     "01_noise_injection": ((), (MANIFEST, NOISY_LABELS)),

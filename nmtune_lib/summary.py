@@ -320,20 +320,25 @@ def paired_effect(a: xr.DataArray, b: xr.DataArray) -> tuple[float, float, int]:
     return mean, half, int(np.isfinite(values).sum())
 
 
+DECOMPOSED = ("lp", "mlp", "nmtune")  # the heads claim 4's decomposition compares
+
+
 def decomposition(transfer: xr.Dataset, *, setting: str = "base"):
     """NMTune − LP = (MLP − LP) + (NMTune − MLP), ID and OOD means, per protocol and noise ratio (and ``all``,
-    the mean over noise ratios): mean over seeds ± 95% half-width, in points, paired by seed."""
+    the mean over noise ratios): mean over seeds ± 95% half-width, in points, paired by seed. Empty when the runs
+    lack one of the three heads (``methods``)."""
     import pandas as pd
 
     rows = []
-    for protocol in transfer["protocol"].values:
+    heads_run = set(DECOMPOSED) <= set(transfer["method"].values)
+    for protocol in transfer["protocol"].values if heads_run else ():
         means = id_ood_means(transfer.sel(setting=setting, protocol=protocol))
         ratios = [("all", means)] + [(f"{r:g}", means.sel(noise_ratio=[r])) for r in means["noise_ratio"].values]
         for label, part in ratios:
             for which in ("id_mean", "ood_mean"):
                 if not np.isfinite(means[which].sel({"method": "lp"})).any():
                     continue  # a suite without ID (or OOD) tasks, or a protocol without LP
-                m = {k: part[which].sel({"method": k}) for k in ("lp", "mlp", "nmtune")}
+                m = {k: part[which].sel({"method": k}) for k in DECOMPOSED}
                 for term, (a, b) in {"nmtune-lp": ("nmtune", "lp"), "mlp-lp": ("mlp", "lp"),
                                      "nmtune-mlp": ("nmtune", "mlp")}.items():
                     mean, half, n = paired_effect(m[a], m[b])
@@ -343,7 +348,31 @@ def decomposition(transfer: xr.Dataset, *, setting: str = "base"):
                                        "half_width_points", "n_seeds"])
 
 
-EFFECTS_BY = ("mean", "task")  # noise_effects' rows: per ID/OOD mean, or per task
+EFFECTS_BY = ("mean", "task")  # noise_effects' and score_levels' rows: per ID/OOD mean, or per task
+
+
+def _probe_scores(transfer: xr.Dataset, *, probe: str, setting: str, by: str):
+    """For each protocol, ``(protocol, labels, scores)``: ``probe``'s ID and OOD means (``by="mean"``, labels
+    ``mean_of``) or each task's score (``by="task"``, labels ``mean_of`` and ``task``), each (noise_ratio, seed);
+    a group without finite scores (a suite without ID or OOD tasks, a protocol not run) is left out."""
+    if by not in EFFECTS_BY:
+        raise ValueError(f"by={by!r}; accepted: {', '.join(map(repr, EFFECTS_BY))}")
+    for protocol in transfer["protocol"].values:
+        part = transfer.sel(setting=setting, protocol=protocol)
+        if by == "mean":
+            means = id_ood_means(part).sel({"method": probe})
+            groups = [({"mean_of": which[:-5].upper()}, means[which]) for which in ("id_mean", "ood_mean")]
+        else:
+            scores = task_scores(part).sel({"method": probe})
+            groups = [({"mean_of": str(kind).upper(), "task": str(task)}, scores.sel(task=task))
+                      for task, kind in zip(part["task"].values, part["task_kind"].values)]
+        for labels, values in groups:
+            if np.isfinite(values).any():
+                yield str(protocol), labels, values
+
+
+def _by_columns(by: str) -> list[str]:
+    return ["protocol", "mean_of", *(["task"] if by == "task" else []), "noise_ratio"]
 
 
 def noise_effects(transfer: xr.Dataset, *, probe: str = "lp", setting: str = "base", by: str = "mean"):
@@ -357,34 +386,34 @@ def noise_effects(transfer: xr.Dataset, *, probe: str = "lp", setting: str = "ba
     """
     import pandas as pd
 
-    if by not in EFFECTS_BY:
-        raise ValueError(f"noise_effects: by={by!r}; accepted: {', '.join(map(repr, EFFECTS_BY))}")
     rows = []
-    for protocol in transfer["protocol"].values:
-        part = transfer.sel(setting=setting, protocol=protocol)
-        if by == "mean":
-            means = id_ood_means(part).sel({"method": probe})
-            groups = [({"mean_of": which[:-5].upper()}, means[which]) for which in ("id_mean", "ood_mean")]
-        else:
-            scores = task_scores(part).sel({"method": probe})
-            groups = [({"mean_of": str(kind).upper(), "task": str(task)}, scores.sel(task=task))
-                      for task, kind in zip(part["task"].values, part["task_kind"].values)]
-        ratios = [float(r) for r in part["noise_ratio"].values]
-        zero = _clean_ratio(ratios)
-        if zero is None:
-            continue  # no clean run to compare with
-        for labels, values in groups:
-            if not np.isfinite(values).any():
-                continue  # a suite without ID (or OOD) tasks, or a protocol not run
-            for r in ratios:
-                if r == zero:
-                    continue
-                mean, half, n = paired_effect(values.sel(noise_ratio=r), values.sel(noise_ratio=zero))
-                side = {"supported": "above 0", "contradicted": "below 0"}.get(verdict(mean, half, +1), "spans 0")
-                rows.append(dict(protocol=str(protocol), **labels, noise_ratio=f"{r:g}", mean_points=mean,
-                                 half_width_points=half, n_seeds=n, ci=side))
-    return pd.DataFrame(rows, columns=["protocol", "mean_of", *(["task"] if by == "task" else []), "noise_ratio",
-                                       "mean_points", "half_width_points", "n_seeds", "ci"])
+    ratios = [float(r) for r in transfer["noise_ratio"].values]
+    zero = _clean_ratio(ratios)
+    for protocol, labels, values in _probe_scores(transfer, probe=probe, setting=setting, by=by):
+        for r in ratios if zero is not None else ():  # no clean run: nothing to compare with
+            if r == zero:
+                continue
+            mean, half, n = paired_effect(values.sel(noise_ratio=r), values.sel(noise_ratio=zero))
+            side = {"supported": "above 0", "contradicted": "below 0"}.get(verdict(mean, half, +1), "spans 0")
+            rows.append(dict(protocol=protocol, **labels, noise_ratio=f"{r:g}", mean_points=mean,
+                             half_width_points=half, n_seeds=n, ci=side))
+    return pd.DataFrame(rows, columns=[*_by_columns(by), "mean_points", "half_width_points", "n_seeds", "ci"])
+
+
+def score_levels(transfer: xr.Dataset, *, probe: str = "lp", setting: str = "base", by: str = "task"):
+    """The levels ``noise_effects`` takes differences of: per protocol, task (or ID/OOD mean, ``by="mean"``) and
+    noise ratio, ``probe``'s score, mean over seeds ± 95% half-width, in percent. Two sets made alike but for one
+    setting (``make caption-probe``) compare here at every ratio, 0 % included."""
+    import pandas as pd
+
+    rows = []
+    for protocol, labels, values in _probe_scores(transfer, probe=probe, setting=setting, by=by):
+        for r in values["noise_ratio"].values:
+            per_seed = values.sel(noise_ratio=r).values * 100
+            mean, half = mean_ci(per_seed)
+            rows.append(dict(protocol=protocol, **labels, noise_ratio=f"{float(r):g}", mean_percent=mean,
+                             half_width_percent=half, n_seeds=int(np.isfinite(per_seed).sum())))
+    return pd.DataFrame(rows, columns=[*_by_columns(by), "mean_percent", "half_width_percent", "n_seeds"])
 
 
 def effect_text(frame) -> list[str]:
@@ -396,11 +425,14 @@ def sensitivity(transfer: xr.Dataset, *, task: str, config) -> "pd.DataFrame":
     """NMTune − MLP (points, mean over seeds ± 95% half-width) on ``task`` for every regulariser scale and the
     single-λ variant, per noise ratio: on the task's training domain (``train_domain``) and its OOD mean (the
     other test domains); ``noise_ratio == "slope/10%"`` rows give the per-seed slope of that difference against
-    the noise ratio (points per 10% noise): a positive slope means the regularisers help more as noise grows."""
+    the noise ratio (points per 10% noise): a positive slope means the regularisers help more as noise grows.
+    Empty when the runs have no sensitivity heads (ablation off, or ``task`` not among their tasks)."""
     import pandas as pd
 
     from .protocols import sensitivity_name
 
+    if task not in transfer["task"].values:
+        return pd.DataFrame([])
     acc = transfer["accuracy"].sel(setting="base", protocol="reference", task=task)
     train = str(transfer["train_domain"].sel(task=task).values)
     parts = {"train_domain": acc.sel(test_domain=train),

@@ -453,9 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("folder", help="a report set holding timing.csv and config.yaml, e.g. reports/default")
     ef = sub.add_parser("effects", help="a report set's noise ratios against clean pre-training as a Markdown "
                         "table (nmtune_lib.report_tables)")
-    ef.add_argument("folder", help="a report set holding noise_effects.csv, e.g. reports/default")
+    ef.add_argument("folders", nargs="+", metavar="FOLDER", help="report sets holding noise_effects.csv, e.g. "
+                    "reports/default (several: one table, a row block per set)")
     ef.add_argument("--by-task", action="store_true", help="a row per task instead of per ID/OOD mean "
                     "(noise_effects_by_task.csv)")
+    sc = sub.add_parser("scores", help="a report set's per-task scores at every noise ratio as a Markdown table "
+                        "(task_scores.csv; nmtune_lib.report_tables)")
+    sc.add_argument("folders", nargs="+", metavar="FOLDER", help="report sets holding task_scores.csv, e.g. "
+                    "reports/clip/caption_probe/class (several: one table, a row block per set)")
     mm = sub.add_parser("memorisation", help="flipped labels predicted by each noisy run's backbone vs the clean "
                         "backbone of its seed; writes <out>/<preset>/memorisation.csv (nmtune_lib.memorisation)")
     _report_arguments(mm)
@@ -478,10 +483,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             atomic_write_text(out / "memorisation.csv", frame.to_csv(index=False))
             print(memorisation_table(frame))
             return 0
-        if args.command in ("timing", "effects"):
+        if args.command in ("timing", "effects", "scores"):
             from .report_tables import folder_table
 
-            print(folder_table(args.command, args.folder, by_task=getattr(args, "by_task", False)))
+            folders = getattr(args, "folders", None) or [args.folder]  # timing reads one set
+            print(folder_table(args.command, *folders, by_task=getattr(args, "by_task", False)))
             return 0
         if args.command == "compare":
             from .report_tables import compare_claims, to_markdown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from conftest import needs_fmnist, nmtune_sweep
 from nmtune_lib.captions import ATTRIBUTES, BANDS, Tokenizer, attribute_words, captions_for, class_prompts, measure
 from nmtune_lib.checkpoints import load_pretrained
 from nmtune_lib.clip import caption_memorisation, clip_loss
-from nmtune_lib.config import StudyConfig
+from nmtune_lib.config import CAPTION_ATTRIBUTES, StudyConfig
 from nmtune_lib.data import load_dataset, pretraining_data
 from nmtune_lib.noise import inject_label_noise, noisy_labels_for_run, read_manifest
 from nmtune_lib.pretrain import pretrain
@@ -108,6 +109,44 @@ def test_captions_describe_their_own_image_and_are_deterministic_per_seed():
     assert len(prompts) == 10 and all(len(p) >= 6 for p in prompts) and "a photo of a sweater." in prompts[2]
 
 
+ATTRIBUTE_WORDS = {w for pair in ATTRIBUTES.values() for w in pair}
+
+
+def _without_attributes(caption: str) -> str:
+    """The caption with its attribute words (and the comma between two) taken out."""
+    kept = [w for w in caption.replace(",", " ").split() if w not in ATTRIBUTE_WORDS]
+    return " ".join(kept)
+
+
+@needs_fmnist
+def test_captions_without_attributes_are_the_full_captions_without_those_words():
+    images = load_dataset("fashion_mnist", "test")
+    x, y = images.images[:300], images.labels[:300]
+    full = captions_for(x, y, images.classes, seed=5)
+    plain = captions_for(x, y, images.classes, seed=5, attributes=())
+    assert not any(w in ATTRIBUTE_WORDS for c in plain for w in c.replace(",", " ").replace(".", " ").split())
+    assert plain == [_without_attributes(c) for c in full]  # the same templates and synonyms, drawn alike
+    assert sum(a != b for a, b in zip(full, plain)) > 250  # most captions lose an attribute
+    no_brightness = captions_for(x, y, images.classes, seed=5, attributes=("size", "shape"))
+    assert not any(w in ATTRIBUTES["brightness"] for c in no_brightness for w in c.replace(",", " ").split())
+    assert any(w in ATTRIBUTES["size"] for c in no_brightness for w in c.replace(",", " ").split())
+    assert [_without_attributes(c) for c in no_brightness] == plain
+    with pytest.raises(ValueError, match=r"attributes \['colour'\] unknown; accepted: brightness, size, shape"):
+        captions_for(x, y, images.classes, seed=5, attributes=("colour", "size"))
+
+
+def test_caption_attributes_are_checked_and_key_the_checkpoint_only_when_changed():
+    assert CAPTION_ATTRIBUTES == tuple(ATTRIBUTES)  # config's copy of the names (config imports no torch)
+    assert "caption_attributes" not in StudyConfig.from_preset("clip").pretrain_key()  # earlier runs keep their keys
+    assert StudyConfig.from_preset("clip", caption_attributes=[]).pretrain_key()["caption_attributes"] == ()
+    with pytest.raises(ValueError, match="caption_attributes=\\('colour',\\): expected distinct names among"):
+        StudyConfig.from_preset("clip", caption_attributes=["colour"])
+    with pytest.raises(ValueError, match="caption_attributes=\\('size', 'size'\\): expected distinct"):
+        StudyConfig.from_preset("clip", caption_attributes=["size", "size"])
+    with pytest.raises(ValueError, match="caption_attributes=\\(\\): expected the default .* unless objective=clip"):
+        StudyConfig.from_preset("default", caption_attributes=[])
+
+
 def _clip_config(run_root, **changes) -> StudyConfig:
     fields = dict(objective="clip", noise_kind="caption_swap", noise_ratios=[0.2], seeds=[0], epochs=3,
                   num_threads=1, device="cpu", run_root=str(run_root))
@@ -157,6 +196,24 @@ def test_the_clip_smoke_sweep_runs_end_to_end(tmp_path):
     assert info["zero_shot_acc"] > 0.1 and (run_dir / "transfer.nc").exists() and (run_dir / CAPTIONS).exists()
     assert read_manifest(run_dir)["num_flipped"] == 400 and read_manifest(run_dir)["realised_ratio"] == 0.2
     assert (tmp_path / "smoke" / "claims.csv").exists()
+
+
+@needs_fmnist
+def test_the_caption_attribute_probe_runs_end_to_end_on_one_task_with_the_linear_probe(tmp_path):
+    """The README's caption probe (make caption-probe) on the smoke grid: captions without attributes, one task, LP
+    heads, no ablation."""
+    result = nmtune_sweep(tmp_path, "--set", "objective=clip", "--set", "noise_kind=caption_swap", "--set",
+                          "caption_attributes=[]", "--set", 'tasks=["fmnist_domains_sketch"]', "--set",
+                          'methods=["lp"]', "--set", "ablation=false", "--set", "robustness=[]", timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path / "smoke" / "fashion_mnist" / "caption_swap-0.20" / "seed0"
+    stored = json.loads((run_dir / CAPTIONS).read_text())
+    assert stored["attributes"] == []
+    assert not any(w in ATTRIBUTE_WORDS for c in stored["captions"] for w in c.replace(",", " ").split())
+    nb = json.loads((run_dir / "04_transfer.ipynb").read_text())
+    assert "no ablation table: ablation_task 'fmnist_domains_real'" in json.dumps(nb)
+    effects = pd.read_csv(tmp_path / "smoke" / "noise_effects_by_task.csv")
+    assert set(effects["task"]) == {"fmnist_domains_sketch"} and len(effects) == 2  # two protocols, ratio 0.2
 
 
 def _gathered_loss_worker(rank: int, world: int, port: int, root: str) -> None:

@@ -129,9 +129,41 @@ def test_effects_by_task_table_has_a_row_per_protocol_and_task(tmp_path, capsys)
     assert folder_table("effects", tmp_path, by_task=True) == "\n".join(expected)
 
 
+def test_scores_table_has_every_ratio_clean_included(tmp_path, capsys):
+    task = "fmnist_domains_sketch"
+    rows = [("reference", "OOD", task, 0.0, 45.0, 3.041), ("reference", "OOD", task, 0.3, 47.3125, 3.4349),
+            ("matched", "OOD", task, 0.0, 29.19, 2.7)]
+    pd.DataFrame(rows, columns=["protocol", "mean_of", "task", "noise_ratio", "mean_percent",
+                                "half_width_percent"]).to_csv(tmp_path / "task_scores.csv", index=False)
+    expected = ["| protocol | mean of | task | 0% | 30% |", "|---|---|---|---|---|",
+                "| reference | OOD | fmnist_domains_sketch | 45.00 ± 3.04 | 47.31 ± 3.43 |",
+                "| matched | OOD | fmnist_domains_sketch | 29.19 ± 2.70 |  |"]
+    assert folder_table("scores", tmp_path) == "\n".join(expected)
+    assert main(["scores", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+    # two sets in one table: a first column names each row's set (its folder)
+    other = tmp_path / "class"
+    other.mkdir()
+    columns = ["protocol", "mean_of", "task", "noise_ratio", "mean_percent", "half_width_percent"]
+    pd.DataFrame([rows[0][:4] + (58.55, 6.57)], columns=columns).to_csv(other / "task_scores.csv", index=False)
+    assert main(["scores", str(tmp_path), str(other)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "| set | protocol | mean of | task | 0% | 30% |", "|---|---|---|---|---|---|",
+        f"| {tmp_path.name} | reference | OOD | fmnist_domains_sketch | 45.00 ± 3.04 | 47.31 ± 3.43 |",
+        f"| {tmp_path.name} | matched | OOD | fmnist_domains_sketch | 29.19 ± 2.70 |  |",
+        "| class | reference | OOD | fmnist_domains_sketch | 58.55 ± 6.57 |  |"]
+    with pytest.raises(ValueError, match="nmtune timing: one report folder, got 2"):
+        folder_table("timing", tmp_path, other)
+    (tmp_path / "task_scores.csv").unlink()
+    assert main(["scores", str(tmp_path)]) == 2
+    assert "task_scores.csv missing" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="command 'score'; accepted: 'timing', 'effects', 'scores'"):
+        folder_table("score", tmp_path)
+
+
 def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
-    """Each README table introduced by `nmtune compare …`, `nmtune timing …` or `nmtune effects …` holds, header and
-    rows, what that command prints now from the committed report sets."""
+    """Each README table introduced by `nmtune compare …`, `nmtune timing …`, `nmtune effects …` or `nmtune scores …`
+    holds, header and rows, what that command prints now from the committed report sets."""
     import re
     import shlex
     from pathlib import Path
@@ -141,17 +173,18 @@ def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
     found = []
-    for match in re.finditer(r"`(nmtune (compare|timing|effects) [^`]+)`[^|]{0,400}?\n\n((?:\|.*\n)+)", readme):
+    for match in re.finditer(r"`(nmtune (compare|timing|effects|scores) [^`]+)`[^|]{0,400}?\n\n((?:\|.*\n)+)", readme):
         line, command, table = match.groups()
         args = build_parser().parse_args(shlex.split(line)[1:])
         if command == "compare":
             printed = to_markdown(compare_claims([root / f for f in args.folders], args.protocols, args.labels))
         else:
-            printed = folder_table(command, root / args.folder, by_task=getattr(args, "by_task", False))
+            folders = getattr(args, "folders", None) or [args.folder]
+            printed = folder_table(command, *(root / f for f in folders), by_task=getattr(args, "by_task", False))
         assert table.splitlines() == printed.splitlines(), line
         found.append(command + (" --by-task" if getattr(args, "by_task", False) else ""))
     assert found.count("compare") >= 3 and found.count("timing") >= 3 and found.count("effects") >= 4
-    assert found.count("effects --by-task") >= 2
+    assert found.count("effects --by-task") >= 3 and found.count("scores") >= 1
     memorisation = re.findall(r"`nmtune memorisation --preset (\w+)`:\n\n((?:\|.*\n)+)", readme)
     for preset, table in memorisation:
         frame = pd.read_csv(root / "reports" / preset / "memorisation.csv")

@@ -5,7 +5,7 @@ import xarray as xr
 
 from nmtune_lib.config import StudyConfig
 from nmtune_lib.summary import (decomposition, id_ood_means, judge_all, judge_claims, mean_ci, noise_effects,
-                                robustness_table, sensitivity, stability, verdict)
+                                robustness_table, score_levels, sensitivity, stability, task_scores, verdict)
 from nmtune_lib.transfer import Score, transfer_dataset
 
 RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3)
@@ -110,6 +110,11 @@ def test_claims_per_protocol_and_the_decomposition_adds_up():
             assert d[(protocol, "all", which, "mlp-lp")] == pytest.approx(total / 2, abs=0.2)
     robust = robustness_table(claims).drop_duplicates("claim").set_index("claim")["robust"]
     assert not robust["4a"] and robust["2b"]
+    # runs with the linear probe alone (methods=["lp"]): no decomposition, and the claims without claim 4
+    lp_only = transfer.sel({"method": ["lp"]})
+    assert decomposition(lp_only).empty
+    assert list(decomposition(lp_only).columns) == list(decomposition(transfer).columns)
+    assert not any(c.claim.startswith("4") for c in judge_all(lp_only, spectrum))
 
 
 def test_noise_effects_compare_each_ratio_with_clean_pretraining_of_the_same_seed():
@@ -153,6 +158,25 @@ def test_noise_effects_by_task_split_each_mean_into_its_tasks():
         noise_effects(transfer, by="tasks")
 
 
+def test_score_levels_are_what_the_noise_effects_take_differences_of():
+    transfer, _ = _grid(id_effect=0.02, ood_effect=-0.2, nmtune_gain=0.02, sve_slope=0.0, matched_gain=0.02,
+                        noise=0.005)
+    levels = score_levels(transfer).set_index(["protocol", "task", "noise_ratio"])
+    assert sorted(set(levels.index.get_level_values("noise_ratio"))) == ["0", "0.05", "0.1", "0.2", "0.3"]
+    scores = task_scores(transfer.sel(setting="base", protocol="matched")).sel({"method": "lp"})
+    expected = mean_ci(scores.sel(task="b", noise_ratio=0.2).values * 100)
+    assert tuple(levels.loc[("matched", "b", "0.2"), ["mean_percent", "half_width_percent"]]) == pytest.approx(expected)
+    # with every seed present, a paired effect's mean is the difference of the two levels' means
+    effects = noise_effects(transfer, by="task").set_index(["protocol", "task", "noise_ratio"])["mean_points"]
+    for (protocol, task, ratio), effect in effects.items():
+        diff = levels.loc[(protocol, task, ratio), "mean_percent"] - levels.loc[(protocol, task, "0"), "mean_percent"]
+        assert effect == pytest.approx(diff, abs=1e-9)
+    means = score_levels(transfer, by="mean")
+    assert set(means["mean_of"]) == {"ID", "OOD"} and "task" not in means.columns and (means["n_seeds"] == 3).all()
+    with pytest.raises(ValueError, match=r"by='tasks'; accepted: 'mean', 'task'"):
+        score_levels(transfer, by="tasks")
+
+
 def test_sensitivity_reports_the_growth_of_the_regularisers_effect_with_noise():
     config = StudyConfig.from_preset("smoke", reg_scales=[1.0, 10.0], single_lambda=0.0)
     for growth, sign in ((0.1, 1), (-0.1, -1)):
@@ -164,6 +188,8 @@ def test_sensitivity_reports_the_growth_of_the_regularisers_effect_with_noise():
         assert float(slope["mean_points"].iloc[0]) == pytest.approx(sign * 1.0, abs=0.05)  # 0.1/unit = 1 pt/10%
         at_zero = sens[(sens["variant"] == "nmtune") & (sens["noise_ratio"] == "0") & (sens["metric"] == "train_domain")]
         assert float(at_zero["mean_points"].iloc[0]) == pytest.approx(1.0, abs=0.05)  # NMTune − MLP = 0.01
+    # runs whose task list leaves the ablation task out (ablation=false): no sensitivity rows
+    assert sensitivity(transfer.sel(task=["a"]), task="b", config=config).empty
 
 
 def test_stability_agrees_for_a_clear_effect_and_not_for_a_marginal_one():
