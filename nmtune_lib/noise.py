@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .config import NOISE_KINDS
+from .config import CAPTION_ATTRIBUTES, NOISE_KINDS
 from .files import atomic_write, atomic_write_json
 from .run import CAPTIONS, MANIFEST, NOISY_LABELS, Run
 
@@ -254,7 +254,9 @@ def noisy_labels_for_run(run: Run, train_set) -> NoisyLabels:
     A manifest of other noise (other clean labels, kind, ratio or seed) raises rather than being overwritten. A
     damaged ``noise_manifest.json`` or ``noisy_labels.npy`` (unreadable, or a label file whose hash is not the
     manifest's) is rewritten with a warning naming it: the noise is a function of (clean labels, kind, ratio, seed),
-    so the rewritten files are the ones that were damaged, and nothing else of the run is lost.
+    so the rewritten files are the ones that were damaged, and nothing else of the run is lost. So is a
+    ``captions.json`` (``caption_swap``) that is damaged, missing or names other attributes than the config's
+    ``caption_attributes``.
     """
     config, kind = run.config, run.config.noise_kind
     fresh = inject_label_noise(train_set.labels, run.noise_ratio, kind=kind, num_classes=train_set.num_classes,
@@ -269,11 +271,15 @@ def noisy_labels_for_run(run: Run, train_set) -> NoisyLabels:
                              f"{run.dir} to redo the run with this noise")
         on_disk = _readable(run.noisy_labels, lambda: np.load(run.noisy_labels)) if run.noisy_labels.exists() else None
         intact = on_disk is not None and labels_sha256(on_disk) == fresh.manifest()["noisy_labels_sha256"]
-        if stored is not None and intact:
+        captions_current = kind != "caption_swap" or _captions_name(run) == tuple(config.caption_attributes)
+        if stored is not None and intact and captions_current:
             return fresh
-        damaged = run.manifest if stored is None else run.noisy_labels
-        warnings.warn(f"{damaged} is damaged or missing; rewritten from the run's seed (manifest "
-                      f"{fresh.manifest_hash[:12]})")
+        if stored is None or not intact:
+            why = f"{run.manifest if stored is None else run.noisy_labels} is damaged or missing"
+        else:
+            why = (f"{run.dir / CAPTIONS} is damaged, missing or names other attributes than caption_attributes="
+                   f"{list(config.caption_attributes)}")
+        warnings.warn(f"{why}; rewritten from the run's seed (manifest {fresh.manifest_hash[:12]})")
     extra = {"dataset": train_set.name}
     if getattr(train_set, "file_list_sha256", ""):  # a folder dataset: which files the labels belong to
         extra["file_list_sha256"] = train_set.file_list_sha256
@@ -296,6 +302,14 @@ def write_captions(run: Run, train_set) -> str:
     atomic_write_json(run.dir / CAPTIONS, dict(seed=int(run.seed), attributes=attributes, captions_sha256=digest,
                                                captions=captions))
     return digest
+
+
+def _captions_name(run: Run) -> tuple[str, ...] | None:
+    """The attributes the run's ``captions.json`` names (a file from before ``caption_attributes`` names all three);
+    None when it is missing or unreadable."""
+    path = run.dir / CAPTIONS
+    stored = _readable(path, lambda: json.loads(path.read_text())) if path.exists() else None
+    return None if stored is None else tuple(stored.get("attributes", CAPTION_ATTRIBUTES))
 
 
 def _readable(path: Path, read: Callable[[], Any]) -> Any:

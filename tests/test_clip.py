@@ -3,6 +3,7 @@ derangement, the loss, and a CLIP run of the smoke preset through pre-training a
 from __future__ import annotations
 
 import json
+import warnings
 
 import pandas as pd
 import pytest
@@ -145,6 +146,35 @@ def test_caption_attributes_are_checked_and_key_the_checkpoint_only_when_changed
         StudyConfig.from_preset("clip", caption_attributes=["size", "size"])
     with pytest.raises(ValueError, match="caption_attributes=\\(\\): expected the default .* unless objective=clip"):
         StudyConfig.from_preset("default", caption_attributes=[])
+
+
+@needs_fmnist
+def test_a_run_s_captions_follow_its_caption_attributes(tmp_path):
+    config = _clip_config(tmp_path)
+    train, _ = pretraining_data(config)
+    run = Run.of(config, 0.2, 0)
+    noisy = noisy_labels_for_run(run, train)
+    first = json.loads((run.dir / CAPTIONS).read_text())
+    assert first["attributes"] == list(CAPTION_ATTRIBUTES) and read_manifest(run.dir)["captions_sha256"] == \
+        first["captions_sha256"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to rewrite: no warning
+        assert noisy_labels_for_run(run, train).manifest_hash == noisy.manifest_hash
+    # the same run folder asked for captions without attributes: captions.json (and the manifest's hash of it)
+    # are rewritten, the noise is the same
+    plain = Run.of(_clip_config(tmp_path, caption_attributes=[]), 0.2, 0)
+    assert plain.dir == run.dir
+    with pytest.warns(UserWarning, match="captions.json is damaged, missing or names other attributes than "
+                                         r"caption_attributes=\[\]; rewritten"):
+        again = noisy_labels_for_run(plain, train)
+    stored = json.loads((run.dir / CAPTIONS).read_text())
+    assert again.manifest_hash == noisy.manifest_hash and stored["attributes"] == []
+    assert stored["captions"] == captions_for(train.images, train.labels, train.classes, 0, attributes=())
+    assert read_manifest(run.dir)["captions_sha256"] == stored["captions_sha256"] != first["captions_sha256"]
+    (run.dir / CAPTIONS).unlink()  # a missing file is rewritten too
+    with pytest.warns(UserWarning, match="captions.json is damaged, missing"):
+        noisy_labels_for_run(plain, train)
+    assert json.loads((run.dir / CAPTIONS).read_text()) == stored
 
 
 def _clip_config(run_root, **changes) -> StudyConfig:
