@@ -163,13 +163,12 @@ def build(config, train_set) -> ClipModel:
                                          eos_id=tokenizer.vocab.index("<eos>")))
 
 
-def texts(train_set, noisy, test_set, seed: int, attributes=None) -> dict:
-    """Token ids (captions naming ``attributes``, default all of ``captions.ATTRIBUTES``): ``clean`` (each training
+def texts(train_set, noisy, test_set, seed: int, attributes) -> dict:
+    """Token ids (captions naming ``attributes``, ``config.caption_attributes``): ``clean`` (each training
     image's own caption), ``noisy`` (the caption it is trained with: ``noisy.caption_source`` picks whose), ``test``
     (the clean test captions) and ``prompts`` (one P×L tensor per class: the zero-shot prompts)."""
-    from .captions import ATTRIBUTES, Tokenizer, captions_for, class_prompts
+    from .captions import Tokenizer, captions_for, class_prompts
 
-    attributes = tuple(ATTRIBUTES) if attributes is None else attributes
     tokenizer = Tokenizer.for_classes(train_set.classes)
     clean = tokenizer(captions_for(train_set.images, train_set.labels, train_set.classes, seed, attributes))
     source = noisy.caption_source if noisy.caption_source is not None else torch.arange(len(clean))

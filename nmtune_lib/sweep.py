@@ -450,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--labels", nargs="+", help="column labels, one per folder (default: the folders' names)")
     cp.add_argument("--protocols", nargs="+", default=["reference", "matched"], help="(default: %(default)s)")
     tm = sub.add_parser("timing", help="a report set's stage times as a Markdown table (nmtune_lib.report_tables)")
-    tm.add_argument("folder", help="a report set holding timing.csv and config.yaml, e.g. reports/default")
+    tm.add_argument("folders", nargs=1, metavar="FOLDER", help="a report set holding timing.csv and config.yaml, "
+                    "e.g. reports/default")
     ef = sub.add_parser("effects", help="a report set's noise ratios against clean pre-training as a Markdown "
                         "table (nmtune_lib.report_tables)")
     ef.add_argument("folders", nargs="+", metavar="FOLDER", help="report sets holding noise_effects.csv, e.g. "
@@ -486,8 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("timing", "effects", "scores"):
             from .report_tables import folder_table
 
-            folders = getattr(args, "folders", None) or [args.folder]  # timing reads one set
-            print(folder_table(args.command, *folders, by_task=getattr(args, "by_task", False)))
+            print(folder_table(args.command, *args.folders, by_task=getattr(args, "by_task", False)))
             return 0
         if args.command == "compare":
             from .report_tables import compare_claims, to_markdown

@@ -179,8 +179,7 @@ def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
         if command == "compare":
             printed = to_markdown(compare_claims([root / f for f in args.folders], args.protocols, args.labels))
         else:
-            folders = getattr(args, "folders", None) or [args.folder]
-            printed = folder_table(command, *(root / f for f in folders), by_task=getattr(args, "by_task", False))
+            printed = folder_table(command, *(root / f for f in args.folders), by_task=getattr(args, "by_task", False))
         assert table.splitlines() == printed.splitlines(), line
         found.append(command + (" --by-task" if getattr(args, "by_task", False) else ""))
     assert found.count("compare") >= 3 and found.count("timing") >= 3 and found.count("effects") >= 4
