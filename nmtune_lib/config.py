@@ -108,7 +108,7 @@ class StudyConfig:
     robustness: tuple[str, ...] = ("head_epochs=10", "views=8")  # head settings also run, one KEY=VALUE each
     # --- runtime --------------------------------------------------------------------------------------------
     device: str = "auto"
-    num_threads: int = 0  # 0 = all cores
+    num_threads: int = 0  # 0 = every core this process may use (cores.usable_cores)
     run_root: str = ""  # "" = $NMTUNE_RUNS, else <project root>/runs; a relative path is taken from the project root
     data_root: str = ""  # "" = the search order of nmtune_lib.data
     task_suite: str = "default"  # downstream tasks (nmtune_lib.tasks.SUITES): default (offline) | domainnet | paper

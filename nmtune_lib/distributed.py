@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
+from .cores import usable_cores
 from .models import resolve_device
 
 
@@ -66,12 +67,12 @@ class Distributed:
 
 @contextlib.contextmanager
 def torch_threads(device: torch.device, config, local_world: int) -> Iterator[int]:
-    """CPU: use ``config.num_threads`` (0 = ``$NMTUNE_NUM_THREADS`` or all cores, shared among local ranks) inside
-    the block; yields the thread count in use and restores the caller's afterwards."""
+    """CPU: use ``config.num_threads`` (0 = ``$NMTUNE_NUM_THREADS`` or every core this process may use, shared among
+    local ranks) inside the block; yields the thread count in use and restores the caller's afterwards."""
     before = torch.get_num_threads()
     if device.type == "cpu":
         wanted = config.num_threads or int(os.environ.get("NMTUNE_NUM_THREADS", "0") or 0) or \
-            max(1, (os.cpu_count() or 1) // local_world)
+            max(1, usable_cores() // local_world)
         torch.set_num_threads(wanted)
     try:
         yield torch.get_num_threads()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import ratio_label, ratio_percent
+from .cores import usable_cores
 from .run import Run
 
 COLUMNS = ("schedule_epochs", "noise_ratio", "seed", "epoch", "test_acc", "memo_noisy", "memo_clean",
@@ -44,7 +45,7 @@ def pretrain_all(runs: Sequence[Run], *, jobs: int = 1, log=print) -> None:
 
     from .files import atomic_write_text
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, usable_cores() // jobs)
 
     def one(run: Run) -> None:
         c = run.config

@@ -293,3 +293,25 @@ def test_ddp_gloo_world_size_2_only_rank0_writes(digits, tmp_path):
     loss = [h["train_loss"] for h in read_checkpoint(run.checkpoint)["history"]]
     assert all(math.isfinite(v) for v in loss) and loss[1] < loss[0]
     assert r0["final_test_acc"] > 0.2  # it trains: chance is 0.1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+                    reason="needs a machine of two or more cores and affinity masks (Linux)")
+def test_all_cores_means_the_cores_this_process_may_use():
+    """num_threads=0 follows the process's affinity mask (taskset, a Slurm cpuset, a pinned test worker), not the
+    machine's core count: pinned to one core, a run uses one thread."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import os, torch
+        from nmtune_lib.config import StudyConfig
+        from nmtune_lib.distributed import torch_threads
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        torch.set_num_threads(os.cpu_count())
+        with torch_threads(torch.device("cpu"), StudyConfig(num_threads=0), 1) as threads:
+            print(threads)
+        """
+    env = {k: v for k, v in os.environ.items() if k != "NMTUNE_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.split() == ["1"]

@@ -13,6 +13,7 @@ import pytest
 import xarray as xr
 
 from conftest import NMTUNE, ROOT, SMOKE_RUNS, nmtune_sweep
+from nmtune_lib.cores import usable_cores
 from nmtune_lib.slurm import SlurmResources
 
 
@@ -29,9 +30,9 @@ needs_cluster = pytest.mark.skipif(not _cluster_up() and os.environ.get("CI") !=
 @needs_cluster
 def test_smoke_sweep_on_slurm_equals_the_local_sweep(smoke_sweep, tmp_path):
     assert _cluster_up(), "CI must start the cluster first (.ci/run: make slurm)"
-    # the local fixture ran one worker with both cores' threads: each Slurm task gets as many; the grid's 20 % run
-    # alone keeps the test short
-    args = ("--executor", "slurm", "--cpus-per-job", str(os.cpu_count()), "--mem-gb", "4", "--time-min", "30",
+    # the local fixture ran one worker with this process's cores' threads: each Slurm task gets as many; the grid's
+    # 20 % run alone keeps the test short
+    args = ("--executor", "slurm", "--cpus-per-job", str(usable_cores()), "--mem-gb", "4", "--time-min", "30",
             "--noise-ratios", "0.2", "--no-summary")
     result = nmtune_sweep(tmp_path, *args, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -51,6 +51,7 @@ def test_streamed_split_is_a_scanned_file_list_recorded_in_the_manifest(folder_d
     assert pretraining_split(subset_config, "test").file_list_sha256 == test.file_list_sha256 and len(test) == 60
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 2 worker processes")  # on purpose, on a pinned core
 def test_streamed_pretraining_learns_and_replays_exactly_with_workers_and_after_resume(folder_data_root, tmp_path):
     run, summary = _pretrain(_config(folder_data_root, tmp_path / "a"))
     assert summary["epochs"] == 8 and summary["final_test_acc"] > 0.5  # 3 classes: chance is 1/3
