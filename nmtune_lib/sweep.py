@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .config import PROJECT_ROOT as ROOT
 from .config import PRESETS, StudyConfig, parse_assignments, resolve_run_root
+from .cores import usable_cores
 from .files import atomic_write_json, atomic_write_text
 from .lock import RunRootBusy, run_root_lock
 from .markers import is_done, mark_done, step_key
@@ -87,6 +88,16 @@ def plan(study: Study, overrides: dict[str, Any], extra: dict[str, Any] | None =
         specs.append(RunSpec(run, {name: {k: v for k, v in values.items() if k in declared[name]}
                                    for name in RUN_NOTEBOOKS}))
     return specs
+
+
+def effective_overrides(resolved: StudyConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` less those that set a field to its preset's own value, so that naming a default (``--set
+    head_epochs=30`` on ``default``) keys the notebooks' markers as leaving it out does, and a rerun resumes instead
+    of redoing every notebook. ``resolved`` is the configuration the overrides gave; it must come out unchanged."""
+    preset = StudyConfig.from_preset(resolved.preset)
+    kept = {k: v for k, v in overrides.items() if getattr(resolved, k) != getattr(preset, k)}
+    return kept if StudyConfig.from_preset(resolved.preset, **{**_grid_fields(resolved), **kept}) == resolved \
+        else overrides
 
 
 def summary_parameters(study: Study, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -236,6 +247,7 @@ def sweep(study: Study, overrides: dict[str, Any], *, jobs: int = 1, summary: bo
     run root's lock throughout (a second sweep there is refused, or waits with ``wait``)."""
     config = study.config
     resolved = StudyConfig.from_preset(config.preset, **{**_grid_fields(config), **overrides})  # bad overrides raise
+    overrides = effective_overrides(resolved, overrides)
     runs = plan(study, overrides, extra)
     preflight(resolved, extra or {})
     if slurm is not None:
@@ -277,7 +289,7 @@ def _run_chains(study: Study, runs: list[RunSpec], jobs: int, on_run: Callable[[
     from tqdm.auto import tqdm
 
     jobs = max(1, min(jobs, len(runs)))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, usable_cores() // jobs)
     timings: dict[str, float] = {}
     skipped: dict[str, int] = {}
     failures: list[str] = []
@@ -326,7 +338,7 @@ def record_timing(study: Study, resolved: StudyConfig, *, jobs: int | str, start
     atomic_write_text(study.path("config.yaml"), resolved.to_yaml())
     log_path = study.path("sweeps.json")
     entry = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), pid=os.getpid(),
-                 wall_seconds=round(time.time() - started, 1), jobs=jobs, cores=os.cpu_count(), ran=ran)
+                 wall_seconds=round(time.time() - started, 1), jobs=jobs, cores=usable_cores(), ran=ran)
     log = [e for e in (json.loads(log_path.read_text()) if log_path.exists() else [])
            if (e["started"], e.get("pid")) != (entry["started"], entry["pid"])] + [entry]
     atomic_write_json(log_path, log)

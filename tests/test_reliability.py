@@ -20,6 +20,7 @@ import pytest
 import xarray as xr
 
 from conftest import NMTUNE, ROOT, SMOKE_RUNS, needs_fmnist, nmtune_sweep, run_notebook
+from nmtune_lib.config import PRESETS
 
 pytestmark = [needs_fmnist, pytest.mark.slow]
 
@@ -156,6 +157,9 @@ def test_a_copied_run_root_reruns_nothing_and_a_changed_grid_redoes_the_summary(
     same = nmtune_sweep(copied_root, timeout=300)
     assert same.returncode == 0, same.stderr[-3000:]
     assert "none run" in same.stdout and "05_summary ×1" in _skipped(same.stdout)
+    # a preset's own value named explicitly changes nothing, so it redoes nothing either
+    default = nmtune_sweep(copied_root, "--set", f"head_epochs={PRESETS['smoke']['head_epochs']}", timeout=300)
+    assert default.returncode == 0 and "none run" in default.stdout, default.stdout[-3000:] + default.stderr[-3000:]
     # a grid of one noise ratio: the summary is redone, reads only that run, and says what it cannot judge
     single = nmtune_sweep(copied_root, "--noise-ratios", "0.2", timeout=600)
     assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
