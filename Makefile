@@ -68,27 +68,26 @@ report: setup
 	$(VENV)/bin/nmtune report --preset $(PRESET)
 
 # The CLIP sketch gain tested (README, "Task by task"): caption noise 0 and 30 %, 5 seeds, the linear probe on
-# fmnist_domains_sketch alone, pre-trained on captions with all three attribute words (attributes), none (class) and
-# all but brightness (no_brightness). Each is one sweep in its own run root (resumable); its per-task scores and
-# effects, timing and configuration go to reports/clip/caption_probe/<name>/ (nmtune scores and nmtune effects
-# --by-task print them). About 12 min each on 2 cores.
+# fmnist_domains_sketch alone, pre-trained on captions that name all three attributes (attributes), none (class),
+# all but brightness (no_brightness) and brightness alone (brightness). Each is one sweep in its own run root
+# (resumable; `make caption-probe-class` runs one); its per-task scores and effects, timing and configuration go to
+# reports/clip/caption_probe/<name>/ (nmtune scores and nmtune effects --by-task print them). About 14 min each on
+# 2 cores.
+PROBES := attributes class no_brightness brightness
 PROBE_GRID := --preset clip --seeds 0 1 2 3 4 --noise-ratios 0 0.3 --set 'methods=["lp"]' \
 	--set 'tasks=["fmnist_domains_sketch"]' --set ablation=false --set 'robustness=[]' --jobs $(JOBS)
 PROBE_attributes := ["brightness", "size", "shape"]
 PROBE_class := []
 PROBE_no_brightness := ["size", "shape"]
-define caption_probe
-	$(VENV)/bin/nmtune sweep $(PROBE_GRID) --set 'caption_attributes=$(PROBE_$(1))' --run-root runs/probe_clip_$(1)
-	mkdir -p reports/clip/caption_probe/$(1)
-	cp runs/probe_clip_$(1)/clip/{config.yaml,timing.csv,noise_effects_by_task.csv,task_scores.csv} \
-	  reports/clip/caption_probe/$(1)/
-	$(VENV)/bin/nmtune scores reports/clip/caption_probe/$(1)
-	$(VENV)/bin/nmtune effects --by-task reports/clip/caption_probe/$(1)
-endef
-caption-probe: setup data
-	$(call caption_probe,attributes)
-	$(call caption_probe,class)
-	$(call caption_probe,no_brightness)
+PROBE_brightness := ["brightness"]
+caption-probe: $(addprefix caption-probe-,$(PROBES))
+caption-probe-%: setup data
+	$(VENV)/bin/nmtune sweep $(PROBE_GRID) --set 'caption_attributes=$(PROBE_$*)' --run-root runs/probe_clip_$*
+	mkdir -p reports/clip/caption_probe/$*
+	cp runs/probe_clip_$*/clip/{config.yaml,timing.csv,noise_effects_by_task.csv,task_scores.csv} \
+	  reports/clip/caption_probe/$*/
+	$(VENV)/bin/nmtune scores reports/clip/caption_probe/$*
+	$(VENV)/bin/nmtune effects --by-task reports/clip/caption_probe/$*
 
 bench: setup data
 	$(PY) bench/pretrain_throughput.py
