@@ -13,6 +13,9 @@
   in points; ``--by-task``: a row per (protocol, task) instead (``noise_effects_by_task.csv``).
 - ``nmtune scores reports/clip/caption_probe/class``: the levels those effects are differences of
   (``task_scores.csv``): a row per (protocol, task), a column per ratio, each cell mean ± 95 % half-width in %.
+- ``nmtune contrast reports/clip/caption_probe/class reports/clip/caption_probe/brightness``: sets made alike but
+  for one setting, seed by seed against the first (``task_scores.csv``' seed columns): each score's difference, and
+  how much the set changes each noise effect, in points.
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ from .run import TASK_EFFECTS, TASK_SCORES
 
 PROTOCOLS = ("reference", "matched")
 SPECTRUM_FAMILY = "3"  # claims 3a–3d: on the features, the same under every protocol
+SCORES_MADE_BY = (f"whose summary wrote {TASK_SCORES} (notebook 05 writes it since the caption probe; earlier "
+                  "sets lack it)")
+SEED_COLUMN = re.compile(r"seed\d+")  # task_scores.csv: one seed's score (summary.score_levels)
 EFFECT = re.compile(r"^\s*([+-]?\d[\d.]*(?:e[+-]?\d+)?)(?: ± (\d[\d.]*(?:e[+-]?\d+)?))?")  # mean [± half]
 
 
@@ -136,10 +142,54 @@ def scores_table(*folders: str | Path) -> str:
     """A report set's ``task_scores.csv`` as a Markdown table: rows (protocol, task), the mean each task enters
     beside it, columns the noise ratios (0 % included), cells ``45.21 ± 3.10`` (%, two decimals); several sets as
     in ``effects_table``."""
-    frame = _read_sets(folders, TASK_SCORES, made_by=f"whose summary wrote {TASK_SCORES} (notebook 05 writes it "
-                       "since the caption probe; earlier sets lack it)")
+    frame = _read_sets(folders, TASK_SCORES, made_by=SCORES_MADE_BY)
     cells = [f"{m:.2f} ± {h:.2f}" for m, h in zip(frame["mean_percent"], frame["half_width_percent"])]
     return _ratio_table(frame, cells, by_task=True)
+
+
+def contrast_table(base: str | Path, *folders: str | Path) -> str:
+    """Each set's task scores minus those of the set ``base`` on the same seed (the seed columns of their
+    ``task_scores.csv``), in points: a row per (set, protocol, task), a column per noise ratio, then per ratio beyond
+    the clean one ``effect <ratio>``, the set's noise effect there (that ratio − 0 %) minus the base's. Each cell is
+    the mean ± 95 % half-width over the seeds both sets ran. Pairing by seed compares runs that share their seed's
+    initial weights, data order and noise draws, so it sees differences that the sets' own intervals hide."""
+    if not folders:
+        raise ValueError(f"nmtune contrast {base}: pass the base set, then one or more sets to compare with it")
+    keys = ["protocol", "mean_of", "task", "noise_ratio"]
+    ref = _seed_scores(base).set_index(keys)
+    rows = []
+    for folder in folders:
+        other = _seed_scores(folder).set_index(keys)
+        seeds = [c for c in other.columns if SEED_COLUMN.fullmatch(c) and c in ref.columns]
+        common = other.index.intersection(ref.index, sort=False)
+        if not seeds or common.empty:
+            raise ValueError(f"{folder} and {base} share no seed columns or no (protocol, task, noise ratio) row: "
+                             "contrast sets made alike (same seeds, tasks and ratios)")
+        diff = other.loc[common, seeds] - ref.loc[common, seeds]
+        for (protocol, mean_of, task), group in diff.groupby(level=[0, 1, 2], sort=False):
+            by_ratio = group.droplevel([0, 1, 2])
+            cells = {ratio_percent(r): _paired_cell(by_ratio.loc[r]) for r in by_ratio.index}
+            if 0 in by_ratio.index:
+                cells |= {f"effect {ratio_percent(r)}": _paired_cell(by_ratio.loc[r] - by_ratio.loc[0])
+                          for r in by_ratio.index if r != 0}
+            rows.append(dict(set=Path(folder).name, protocol=protocol, **{"mean of": mean_of}, task=task, **cells))
+    return to_markdown(pd.DataFrame(rows).set_index("set").fillna(""))
+
+
+def _seed_scores(folder: str | Path) -> pd.DataFrame:
+    """A report set's ``task_scores.csv``; a ValueError when it lacks the per-seed columns ``contrast_table`` pairs."""
+    frame = pd.read_csv(_report_files(folder, TASK_SCORES, made_by=SCORES_MADE_BY)[0])
+    if not any(SEED_COLUMN.fullmatch(c) for c in frame.columns):
+        raise ValueError(f"{Path(folder) / TASK_SCORES} has no per-seed columns (seed0, seed1, …): notebook 05 "
+                         "writes them since 'nmtune contrast' exists; run the set's summary again")
+    return frame
+
+
+def _paired_cell(per_seed: pd.Series) -> str:
+    """``"−1.23 ± 0.45"``: mean ± 95 % half-width over the seeds of a paired difference."""
+    from .summary import interval_text, mean_ci  # xarray and scipy: imported where needed
+
+    return interval_text(*mean_ci(per_seed.to_numpy(dtype=float))).replace("-", "−")
 
 
 def _read_sets(folders: Sequence[str | Path], name: str, *, made_by: str) -> pd.DataFrame:
@@ -163,7 +213,8 @@ def _ratio_table(frame: pd.DataFrame, cells: list[str], *, by_task: bool) -> str
 
 def folder_table(command: str, *folders: str | Path, by_task: bool = False) -> str:
     """What ``nmtune <command> FOLDER…`` prints: ``timing`` (``time_table``, one folder), ``effects``
-    [``--by-task``] (``effects_table``), ``scores`` (``scores_table``)."""
+    [``--by-task``] (``effects_table``), ``scores`` (``scores_table``), ``contrast`` (``contrast_table``: the
+    first folder is the base)."""
     if command == "timing":
         if len(folders) != 1:
             raise ValueError(f"nmtune timing: one report folder, got {len(folders)}")
@@ -172,7 +223,9 @@ def folder_table(command: str, *folders: str | Path, by_task: bool = False) -> s
         return effects_table(*folders, by_task=by_task)
     if command == "scores":
         return scores_table(*folders)
-    raise ValueError(f"folder_table: command {command!r}; accepted: 'timing', 'effects', 'scores'")
+    if command == "contrast":
+        return contrast_table(*folders)
+    raise ValueError(f"folder_table: command {command!r}; accepted: 'timing', 'effects', 'scores', 'contrast'")
 
 
 def _report_files(folder: str | Path, *names: str, made_by: str) -> list[Path]:
@@ -180,7 +233,7 @@ def _report_files(folder: str | Path, *names: str, made_by: str) -> list[Path]:
     paths = [Path(folder) / name for name in names]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise ValueError(f"{', '.join(missing)} missing: pass a report folder {made_by}, e.g. reports/default")
+        raise ValueError(f"{', '.join(missing)} missing: pass a report folder {made_by}")
     return paths
 
 

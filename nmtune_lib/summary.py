@@ -402,23 +402,31 @@ def noise_effects(transfer: xr.Dataset, *, probe: str = "lp", setting: str = "ba
 
 def score_levels(transfer: xr.Dataset, *, probe: str = "lp", setting: str = "base", by: str = "task"):
     """The levels ``noise_effects`` takes differences of: per protocol, task (or ID/OOD mean, ``by="mean"``) and
-    noise ratio, ``probe``'s score, mean over seeds ± 95% half-width, in percent. Two sets made alike but for one
-    setting (``make caption-probe``) compare here at every ratio, 0 % included."""
+    noise ratio, ``probe``'s score, mean over seeds ± 95% half-width, in percent, then each seed's score (columns
+    ``seed0``, ``seed1``, …). Two sets made alike but for one setting (``make caption-probe``) compare here at every
+    ratio, 0 % included, and seed by seed (``report_tables.contrast_table``)."""
     import pandas as pd
 
     rows = []
+    seeds = [f"seed{int(s)}" for s in transfer["seed"].values]
     for protocol, labels, values in _probe_scores(transfer, probe=probe, setting=setting, by=by):
         for r in values["noise_ratio"].values:
-            per_seed = values.sel(noise_ratio=r).values * 100
+            per_seed = values.sel(noise_ratio=r).transpose("seed").values * 100
             mean, half = mean_ci(per_seed)
             rows.append(dict(protocol=protocol, **labels, noise_ratio=f"{float(r):g}", mean_percent=mean,
-                             half_width_percent=half, n_seeds=int(np.isfinite(per_seed).sum())))
-    return pd.DataFrame(rows, columns=[*_by_columns(by), "mean_percent", "half_width_percent", "n_seeds"])
+                             half_width_percent=half, n_seeds=int(np.isfinite(per_seed).sum()),
+                             **dict(zip(seeds, per_seed))))
+    return pd.DataFrame(rows, columns=[*_by_columns(by), "mean_percent", "half_width_percent", "n_seeds", *seeds])
 
 
 def effect_text(frame) -> list[str]:
     """``"+1.23 ± 0.45"`` for each row's ``mean_points`` and ``half_width_points`` (the tables' effect column)."""
-    return [f"{m:+.2f} ± {h:.2f}" for m, h in zip(frame["mean_points"], frame["half_width_points"])]
+    return [interval_text(m, h) for m, h in zip(frame["mean_points"], frame["half_width_points"])]
+
+
+def interval_text(mean: float, half: float) -> str:
+    """``"+1.23 ± 0.45"``: a signed mean and its half-width, two decimals."""
+    return f"{mean:+.2f} ± {half:.2f}"
 
 
 def sensitivity(transfer: xr.Dataset, *, task: str, config) -> "pd.DataFrame":

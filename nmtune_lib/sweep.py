@@ -474,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(task_scores.csv; nmtune_lib.report_tables)")
     sc.add_argument("folders", nargs="+", metavar="FOLDER", help="report sets holding task_scores.csv, e.g. "
                     "reports/clip/caption_probe/class (several: one table, a row block per set)")
+    ct = sub.add_parser("contrast", help="report sets against a base set seed by seed: score differences and "
+                        "changes of the noise effects as a Markdown table (task_scores.csv; nmtune_lib.report_tables)")
+    ct.add_argument("folders", nargs="+", metavar="FOLDER", help="the base set, then the sets to compare with it, "
+                    "e.g. reports/clip/caption_probe/class reports/clip/caption_probe/brightness")
     mm = sub.add_parser("memorisation", help="flipped labels predicted by each noisy run's backbone vs the clean "
                         "backbone of its seed; writes <out>/<preset>/memorisation.csv (nmtune_lib.memorisation)")
     _report_arguments(mm)
@@ -496,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             atomic_write_text(out / "memorisation.csv", frame.to_csv(index=False))
             print(memorisation_table(frame))
             return 0
-        if args.command in ("timing", "effects", "scores"):
+        if args.command in ("timing", "effects", "scores", "contrast"):
             from .report_tables import folder_table
 
             print(folder_table(args.command, *args.folders, by_task=getattr(args, "by_task", False)))

@@ -18,6 +18,7 @@ from nmtune_lib.config import CAPTION_ATTRIBUTES, StudyConfig
 from nmtune_lib.data import load_dataset, pretraining_data
 from nmtune_lib.noise import inject_label_noise, noisy_labels_for_run, read_manifest
 from nmtune_lib.pretrain import pretrain
+from nmtune_lib.report_tables import folder_table
 from nmtune_lib.run import CAPTIONS, Run
 
 
@@ -239,6 +240,8 @@ def test_the_clip_smoke_sweep_runs_end_to_end_in_the_caption_probe_s_shape(tmp_p
     assert set(effects["task"]) == {"fmnist_domains_sketch"} and len(effects) == 2  # two protocols, ratio 0.2
     levels = pd.read_csv(summary / "task_scores.csv")
     assert len(levels) == 4 and set(levels["noise_ratio"]) == {0.0, 0.2}  # two protocols × two ratios
+    assert levels.columns[-1] == "seed0"  # each seed's score, which `nmtune contrast` pairs: a set with itself, 0
+    assert folder_table("contrast", summary, summary).count("+0.00 ± ") == 2 * 3  # 0 %, 20 %, effect 20 %
 
 
 def _gathered_loss_worker(rank: int, world: int, port: int, root: str) -> None:

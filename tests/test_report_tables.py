@@ -157,13 +157,43 @@ def test_scores_table_has_every_ratio_clean_included(tmp_path, capsys):
     (tmp_path / "task_scores.csv").unlink()
     assert main(["scores", str(tmp_path)]) == 2
     assert "task_scores.csv missing" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="command 'score'; accepted: 'timing', 'effects', 'scores'"):
+    with pytest.raises(ValueError, match="command 'score'; accepted: 'timing', 'effects', 'scores', 'contrast'"):
         folder_table("score", tmp_path)
 
 
+def test_contrast_pairs_seeds_and_reports_score_and_effect_differences(tmp_path, capsys):
+    from nmtune_lib.summary import mean_ci
+
+    task = "fmnist_domains_sketch"
+    columns = ["protocol", "mean_of", "task", "noise_ratio", "mean_percent", "half_width_percent", "n_seeds",
+               "seed0", "seed1", "seed2"]
+    base, other = tmp_path / "class", tmp_path / "brightness"
+    for folder, clean, noisy in ((base, [60.0, 50.0, 55.0], [58.0, 49.0, 52.0]),
+                                 (other, [45.0, 41.0, 44.0], [46.0, 43.0, 44.5])):
+        folder.mkdir()
+        rows = [("reference", "OOD", task, ratio, float(np.mean(v)), 1.0, 3, *v)
+                for ratio, v in ((0.0, clean), (0.3, noisy))]
+        pd.DataFrame(rows, columns=columns).to_csv(folder / "task_scores.csv", index=False)
+    # brightness − class per seed: 0 % −15, −9, −11; 30 % −12, −6, −7.5; effects −2 … +2.5 against +1, +2, +1.5 …
+    clean, noisy = np.array([-15.0, -9.0, -11.0]), np.array([-12.0, -6.0, -7.5])
+    cell = lambda v: "{:+.2f} ± {:.2f}".format(*mean_ci(v)).replace("-", "−")  # noqa: E731
+    expected = ["| set | protocol | mean of | task | 0% | 30% | effect 30% |", "|---|---|---|---|---|---|---|",
+                f"| brightness | reference | OOD | {task} | {cell(clean)} | {cell(noisy)} | {cell(noisy - clean)} |"]
+    assert main(["contrast", str(base), str(other)]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+    assert cell(noisy - clean) == "+3.17 ± 0.72"  # (3 + 3 + 3.5) / 3, paired: far tighter than the two sets' spread
+    # a set without seed columns (summarised before they existed), or no base to compare with, is named
+    pd.read_csv(other / "task_scores.csv").drop(columns=["seed0", "seed1", "seed2"]).to_csv(
+        other / "task_scores.csv", index=False)
+    with pytest.raises(ValueError, match="has no per-seed columns"):
+        folder_table("contrast", base, other)
+    with pytest.raises(ValueError, match="pass the base set, then one or more sets"):
+        folder_table("contrast", base)
+
+
 def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
-    """Each README table introduced by `nmtune compare …`, `nmtune timing …`, `nmtune effects …` or `nmtune scores …`
-    holds, header and rows, what that command prints now from the committed report sets."""
+    """Each README table introduced by `nmtune compare …`, `nmtune timing …`, `nmtune effects …`, `nmtune scores …`
+    or `nmtune contrast …` holds, header and rows, what that command prints now from the committed report sets."""
     import re
     import shlex
     from pathlib import Path
@@ -173,7 +203,7 @@ def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
     found = []
-    for match in re.finditer(r"`(nmtune (compare|timing|effects|scores) [^`]+)`[^|]{0,400}?\n\n((?:\|.*\n)+)", readme):
+    for match in re.finditer(r"`(nmtune (compare|timing|effects|scores|contrast) [^`]+)`[^|]{0,400}?\n\n((?:\|.*\n)+)", readme):
         line, command, table = match.groups()
         args = build_parser().parse_args(shlex.split(line)[1:])
         if command == "compare":
@@ -183,7 +213,7 @@ def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
         assert table.splitlines() == printed.splitlines(), line
         found.append(command + (" --by-task" if getattr(args, "by_task", False) else ""))
     assert found.count("compare") >= 3 and found.count("timing") >= 3 and found.count("effects") >= 4
-    assert found.count("effects --by-task") >= 3 and found.count("scores") >= 1
+    assert found.count("effects --by-task") >= 3 and found.count("scores") >= 1 and found.count("contrast") >= 1
     memorisation = re.findall(r"`nmtune memorisation --preset (\w+)`:\n\n((?:\|.*\n)+)", readme)
     for preset, table in memorisation:
         frame = pd.read_csv(root / "reports" / preset / "memorisation.csv")

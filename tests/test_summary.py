@@ -166,6 +166,10 @@ def test_score_levels_are_what_the_noise_effects_take_differences_of():
     scores = task_scores(transfer.sel(setting="base", protocol="matched")).sel({"method": "lp"})
     expected = mean_ci(scores.sel(task="b", noise_ratio=0.2).values * 100)
     assert tuple(levels.loc[("matched", "b", "0.2"), ["mean_percent", "half_width_percent"]]) == pytest.approx(expected)
+    seeds = [f"seed{s}" for s in transfer["seed"].values]  # then each seed's own score, for paired comparisons
+    assert list(levels.columns[-len(seeds):]) == seeds and len(seeds) == 3
+    assert levels.loc[("matched", "b", "0.2"), seeds].to_numpy(float) == pytest.approx(
+        scores.sel(task="b", noise_ratio=0.2).transpose("seed").values * 100)
     # with every seed present, a paired effect's mean is the difference of the two levels' means
     effects = noise_effects(transfer, by="task").set_index(["protocol", "task", "noise_ratio"])["mean_points"]
     for (protocol, task, ratio), effect in effects.items():
