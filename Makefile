@@ -69,20 +69,22 @@ report: setup
 
 # The CLIP sketch gain tested (README, "Task by task"): caption noise 0 and 30 %, 5 seeds, the linear probe on
 # fmnist_domains_sketch alone, pre-trained on captions that name all three attributes (attributes), none (class),
-# all but brightness (no_brightness) and brightness alone (brightness). Each is one sweep in its own run root
-# (resumable; `make caption-probe-class` runs one); its per-task scores and effects, timing and configuration go to
-# reports/clip/caption_probe/<name>/ (nmtune scores and nmtune effects --by-task print them). About 14 min each on
-# 2 cores.
-PROBES := attributes class no_brightness brightness
+# all but brightness (no_brightness) and brightness alone (brightness); and class-only captions again with views
+# that are not cropped (class_uncropped: the matched protocol's views less their random-resized crop, flips kept).
+# Each is one sweep in its own run root (resumable; `make caption-probe-class` runs one); its per-task scores and
+# effects, timing and configuration go to reports/clip/caption_probe/<name>/ (nmtune scores, nmtune effects
+# --by-task and nmtune contrast print them). About 14 min each on 2 cores.
+PROBES := attributes class no_brightness brightness class_uncropped
 PROBE_GRID := --preset clip --seeds 0 1 2 3 4 --noise-ratios 0 0.3 --set 'methods=["lp"]' \
 	--set 'tasks=["fmnist_domains_sketch"]' --set ablation=false --set 'robustness=[]' --jobs $(JOBS)
-PROBE_attributes := ["brightness", "size", "shape"]
-PROBE_class := []
-PROBE_no_brightness := ["size", "shape"]
-PROBE_brightness := ["brightness"]
+PROBE_attributes := --set 'caption_attributes=["brightness", "size", "shape"]'
+PROBE_class := --set 'caption_attributes=[]'
+PROBE_no_brightness := --set 'caption_attributes=["size", "shape"]'
+PROBE_brightness := --set 'caption_attributes=["brightness"]'
+PROBE_class_uncropped := $(PROBE_class) --set 'view_crop_scale=[1, 1]' --set 'view_crop_ratio=[1, 1]'
 caption-probe: $(addprefix caption-probe-,$(PROBES))
 caption-probe-%: setup data
-	$(VENV)/bin/nmtune sweep $(PROBE_GRID) --set 'caption_attributes=$(PROBE_$*)' --run-root runs/probe_clip_$*
+	$(VENV)/bin/nmtune sweep $(PROBE_GRID) $(PROBE_$*) --run-root runs/probe_clip_$*
 	mkdir -p reports/clip/caption_probe/$*
 	cp runs/probe_clip_$*/clip/{config.yaml,timing.csv,noise_effects_by_task.csv,task_scores.csv} \
 	  reports/clip/caption_probe/$*/
