@@ -181,7 +181,8 @@ def _seed_scores(folder: str | Path) -> pd.DataFrame:
     frame = pd.read_csv(_report_files(folder, TASK_SCORES, made_by=SCORES_MADE_BY)[0])
     if not any(SEED_COLUMN.fullmatch(c) for c in frame.columns):
         raise ValueError(f"{Path(folder) / TASK_SCORES} has no per-seed columns (seed0, seed1, …): notebook 05 "
-                         "writes them since 'nmtune contrast' exists; run the set's summary again")
+                         "writes them since 'nmtune contrast' exists; where the set's runs are kept, remove its "
+                         "study folder's 05_summary.done and run the same sweep again (it redoes only 05)")
     return frame
 
 
