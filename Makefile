@@ -90,8 +90,7 @@ PROBE_class_uncropped := $(PROBE_class) $(UNCROPPED)
 VIEW_PROBES := cropped uncropped
 VIEWS_cropped :=
 VIEWS_uncropped := $(UNCROPPED)
-# $(call probe,RUN ROOT NAME,PRESET AND HEADS,SETTINGS,REPORT FOLDER); the --set order is part of the notebooks'
-# keys, so it stays as the first probes ran it
+# $(call probe,RUN ROOT NAME,PRESET AND HEADS,SETTINGS,REPORT FOLDER)
 define probe
 	$(VENV)/bin/nmtune sweep $(2) $(PROBE_GRID) $(3) --run-root runs/probe_$(1)
 	mkdir -p $(4)

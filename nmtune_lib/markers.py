@@ -4,6 +4,10 @@ A marker records the step's parameters (without the run root, so a moved or copi
 sha256 of every input file it read and of every output file it wrote. A step counts as done only while all three
 still hold: new parameters, a recomputed input (say, one run of the grid redone before the summary) or a damaged or
 missing output make the sweep run it again. Markers are written last and atomically.
+
+Parameters handed to the notebooks as JSON text (``JSON_TEXT``: the sweep's ``--set`` overrides) are keyed by what
+they say, not how they are spelled: ``--set a=1 --set b=2`` and ``--set b=2 --set a=1`` are one step. Markers written
+before keyed the text itself; they compare by content too, so they stay valid.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Any, Mapping
 from .files import atomic_write_json, file_sha256
 
 UNKEYED = ("run_root",)  # parameters that say where, not what
+JSON_TEXT = ("overrides",)  # parameters passed as JSON text, keyed by their content (an object's fields are unordered)
 
 
 def digests(files: Mapping[str, Path]) -> dict[str, str | None]:
@@ -21,9 +26,16 @@ def digests(files: Mapping[str, Path]) -> dict[str, str | None]:
     return {name: file_sha256(path) if path.is_file() else None for name, path in files.items()}
 
 
+def _parsed(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``parameters`` with each ``JSON_TEXT`` value that is text read as JSON (a marker's, old or new, or a step's)."""
+    return {k: json.loads(v) if k in JSON_TEXT and isinstance(v, str) else v for k, v in parameters.items()}
+
+
 def step_key(parameters: Mapping[str, Any], inputs: Mapping[str, Path]) -> dict[str, Any]:
-    """What a finished step must agree on: its parameters (less ``UNKEYED``) and its inputs' content."""
-    return {"parameters": {k: v for k, v in parameters.items() if k not in UNKEYED}, "inputs": digests(inputs)}
+    """What a finished step must agree on: its parameters (less ``UNKEYED``, ``JSON_TEXT`` read) and its inputs'
+    content."""
+    return {"parameters": _parsed({k: v for k, v in parameters.items() if k not in UNKEYED}),
+            "inputs": digests(inputs)}
 
 
 def read_marker(marker: Path) -> dict[str, Any] | None:
@@ -37,7 +49,11 @@ def read_marker(marker: Path) -> dict[str, Any] | None:
 def is_done(marker: Path, key: Mapping[str, Any], outputs: Mapping[str, Path]) -> dict[str, Any] | None:
     """The marker if the step finished with this ``key`` and its outputs are still the files it wrote, else None."""
     done = read_marker(marker)
-    if done is None or done.get("key") != json.loads(json.dumps(key)):
+    try:
+        stored = {**done["key"], "parameters": _parsed(done["key"]["parameters"])}
+    except (TypeError, KeyError, json.JSONDecodeError):  # no marker, or one without a readable key: redo
+        return None
+    if stored != json.loads(json.dumps(key)):
         return None
     if done.get("outputs") != digests(outputs):
         return None

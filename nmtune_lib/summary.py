@@ -425,8 +425,11 @@ def effect_text(frame) -> list[str]:
 
 
 def interval_text(mean: float, half: float) -> str:
-    """``"+1.23 ± 0.45"``: a signed mean and its half-width, two decimals."""
-    return f"{mean:+.2f} ± {half:.2f}"
+    """``"+1.23 ± 0.45"``: a signed mean and its half-width, two decimals; ``"+1.23 (one seed)"`` where there is no
+    half-width (``mean_ci`` of one seed) and ``"n/a"`` where there is no value at all."""
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:+.2f} ± {half:.2f}" if np.isfinite(half) else f"{mean:+.2f} (one seed)"
 
 
 def sensitivity(transfer: xr.Dataset, *, task: str, config) -> "pd.DataFrame":

@@ -181,6 +181,30 @@ def test_a_copied_run_root_reruns_nothing_and_a_changed_grid_redoes_the_summary(
     assert any("symmetric-0.00" in name for name in claims["inputs"])
 
 
+def test_a_marker_keys_the_overrides_by_content_so_the_order_of_set_flags_does_not_matter(tmp_path):
+    from nmtune_lib.markers import is_done, mark_done, step_key
+
+    (tmp_path / "in.txt").write_text("input")
+    (tmp_path / "out.txt").write_text("output")
+    inputs, outputs, marker = {"in": tmp_path / "in.txt"}, {"out": tmp_path / "out.txt"}, tmp_path / "step.done"
+
+    def key(overrides: dict, run_root: str = "/a") -> dict:
+        return step_key(dict(preset="smoke", seed=0, run_root=run_root, overrides=json.dumps(overrides)), inputs)
+
+    mark_done(marker, key({"ablation": False, "head_epochs": 3}), outputs)
+    assert is_done(marker, key({"head_epochs": 3, "ablation": False}, "/b"), outputs)  # --set flags the other way
+    assert is_done(marker, key({"head_epochs": 4, "ablation": False}), outputs) is None  # another value: redo
+    # a marker written before this keyed the text itself; it holds for the same overrides in either order
+    legacy = json.loads(marker.read_text())
+    legacy["key"]["parameters"]["overrides"] = json.dumps({"ablation": False, "head_epochs": 3})
+    marker.write_text(json.dumps(legacy))
+    assert is_done(marker, key({"head_epochs": 3, "ablation": False}), outputs)
+    assert is_done(marker, key({"ablation": True, "head_epochs": 3}), outputs) is None
+    legacy["key"]["parameters"]["overrides"] = "{not json"  # damaged: redo, no traceback
+    marker.write_text(json.dumps(legacy))
+    assert is_done(marker, key({"ablation": False, "head_epochs": 3}), outputs) is None
+
+
 def test_a_flipped_byte_in_cached_features_is_caught_and_the_result_is_unchanged(copied_root):
     run = copied_root / "smoke" / "fashion_mnist" / SMOKE_RUNS[1]
     clean = xr.load_dataset(run / "transfer.nc", engine="h5netcdf")

@@ -4,8 +4,9 @@ import pytest
 import xarray as xr
 
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.summary import (decomposition, id_ood_means, judge_all, judge_claims, mean_ci, noise_effects,
-                                robustness_table, score_levels, sensitivity, stability, task_scores, verdict)
+from nmtune_lib.summary import (decomposition, id_ood_means, interval_text, judge_all, judge_claims, mean_ci,
+                                noise_effects, robustness_table, score_levels, sensitivity, stability, task_scores,
+                                verdict)
 from nmtune_lib.transfer import Score, transfer_dataset
 
 RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3)
@@ -93,6 +94,12 @@ def test_mean_ci_and_verdict_rules():
     assert np.isnan(mean_ci(np.array([1.0]))[1])
     assert verdict(1.0, 0.5, +1) == "supported" and verdict(1.0, 0.5, -1) == "contradicted"
     assert verdict(0.1, 0.5, +1) == "inconclusive" and verdict(1.0, float("nan"), +1) == "inconclusive"
+
+
+def test_interval_text_says_one_seed_instead_of_a_nan_half_width():
+    assert interval_text(*mean_ci(np.array([1.0, 2.0, 3.0]))) == "+2.00 ± 2.48"
+    assert interval_text(*mean_ci(np.array([-1.5]))) == "-1.50 (one seed)"
+    assert interval_text(*mean_ci(np.array([np.nan, np.nan]))) == "n/a"
 
 
 def test_claims_per_protocol_and_the_decomposition_adds_up():
