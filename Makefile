@@ -68,25 +68,26 @@ report: setup
 	$(VENV)/bin/nmtune report --preset $(PRESET)
 
 # Probes: small sweeps that change one setting (README, "What the CLIP sketch gain needs" and "Why the matched
-# protocol scores the sketch task lower"). Each is noise 0 and 30 %, 5 seeds, fmnist_domains_sketch alone, one sweep
-# in its own run root (resumable; `make caption-probe-class` or `make view-probe-uncropped` runs one); its per-task
-# scores and effects, timing and configuration go to reports/<preset>/<family>/<name>/ (nmtune scores, nmtune
-# effects --by-task and nmtune contrast print them). About 14 min each on 2 cores.
-PROBE_GRID := --seeds 0 1 2 3 4 --noise-ratios 0 0.3 --set 'tasks=["fmnist_domains_sketch"]' --set ablation=false \
-	--set 'robustness=[]' --jobs $(JOBS)
+# protocol scores the sketch task lower"). Each is noise 0 and 30 %, 5 seeds, no ablation or robustness heads, one
+# sweep in its own run root (resumable; `make caption-probe-class` or `make view-probe-uncropped` runs one); its
+# per-task scores and effects, timing and configuration go to reports/<preset>/<family>/<name>/ (nmtune scores,
+# nmtune effects --by-task and nmtune contrast print them).
+PROBE_GRID := --seeds 0 1 2 3 4 --noise-ratios 0 0.3 --set ablation=false --set 'robustness=[]' --jobs $(JOBS)
+SKETCH := --set 'tasks=["fmnist_domains_sketch"]'
+
 # views less their crop, flips kept
 UNCROPPED := --set 'view_crop_scale=[1, 1]' --set 'view_crop_ratio=[1, 1]'
 # The caption probe: CLIP pre-trained on captions that name all three attributes (attributes), none (class), all
-# but brightness (no_brightness) or brightness alone (brightness), the linear probe only; and class-only captions
-# again with uncropped views (class_uncropped).
+# but brightness (no_brightness) or brightness alone (brightness), the linear probe only, on fmnist_domains_sketch
+# alone; and class-only captions again with uncropped views (class_uncropped). About 14 min each on 2 cores.
 CAPTION_PROBES := attributes class no_brightness brightness class_uncropped
 PROBE_attributes := --set 'caption_attributes=["brightness", "size", "shape"]'
 PROBE_class := --set 'caption_attributes=[]'
 PROBE_no_brightness := --set 'caption_attributes=["size", "shape"]'
 PROBE_brightness := --set 'caption_attributes=["brightness"]'
 PROBE_class_uncropped := $(PROBE_class) $(UNCROPPED)
-# The view probe: supervised pre-training (default preset), all three heads, with the reference's views (cropped)
-# and without their crop (uncropped); claim 4's decomposition.csv is kept too.
+# The view probe: supervised pre-training (default preset), all three heads, every task of the default suite, with
+# the reference's views (cropped) and without their crop (uncropped); claim 4's decomposition.csv is kept too.
 VIEW_PROBES := cropped uncropped
 VIEWS_cropped :=
 VIEWS_uncropped := $(UNCROPPED)
@@ -100,7 +101,7 @@ define probe
 endef
 caption-probe: $(addprefix caption-probe-,$(CAPTION_PROBES))
 caption-probe-%: setup data
-	$(call probe,clip_$*,--preset clip --set 'methods=["lp"]',$(PROBE_$*),reports/clip/caption_probe/$*)
+	$(call probe,clip_$*,--preset clip --set 'methods=["lp"]' $(SKETCH),$(PROBE_$*),reports/clip/caption_probe/$*)
 view-probe: $(addprefix view-probe-,$(VIEW_PROBES))
 view-probe-%: setup data
 	$(call probe,views_$*,--preset default,$(VIEWS_$*),reports/default/view_probe/$*)

@@ -16,6 +16,9 @@
 - ``nmtune contrast reports/clip/caption_probe/class reports/clip/caption_probe/brightness``: sets made alike but
   for one setting, seed by seed against the first (``task_scores.csv``' seed columns): each score's difference, and
   how much the set changes each noise effect, in points.
+
+``scores`` and ``contrast`` read one head's rows, the linear probe's unless ``--method mlp`` or ``nmtune``
+(``task_scores.csv`` has a ``method`` column since notebook 05 lists every head; an older file is the probe's alone).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ SPECTRUM_FAMILY = "3"  # claims 3a–3d: on the features, the same under every p
 SCORES_MADE_BY = (f"whose summary wrote {TASK_SCORES} (notebook 05 writes it since the caption probe; earlier "
                   "sets lack it)")
 SEED_COLUMN = re.compile(r"seed\d+")  # task_scores.csv: one seed's score (summary.score_levels)
+PROBE = "lp"  # the head task_scores.csv' tables show unless told otherwise (the one the noise effects read)
 EFFECT = re.compile(r"^\s*([+-]?\d[\d.]*(?:e[+-]?\d+)?)(?: ± (\d[\d.]*(?:e[+-]?\d+)?))?")  # mean [± half]
 
 
@@ -138,28 +142,28 @@ def effects_table(*folders: str | Path, by_task: bool = False) -> str:
     return _ratio_table(frame, effect_text(frame), by_task=by_task)
 
 
-def scores_table(*folders: str | Path) -> str:
-    """A report set's ``task_scores.csv`` as a Markdown table: rows (protocol, task), the mean each task enters
-    beside it, columns the noise ratios (0 % included), cells ``45.21 ± 3.10`` (%, two decimals); several sets as
-    in ``effects_table``."""
-    frame = _read_sets(folders, TASK_SCORES, made_by=SCORES_MADE_BY)
+def scores_table(*folders: str | Path, method: str = PROBE) -> str:
+    """A report set's ``task_scores.csv`` as a Markdown table, ``method``'s rows: rows (protocol, task), the mean
+    each task enters beside it, columns the noise ratios (0 % included), cells ``45.21 ± 3.10`` (%, two decimals);
+    several sets as in ``effects_table``."""
+    frame = _read_sets(folders, TASK_SCORES, made_by=SCORES_MADE_BY, method=method)
     cells = [f"{m:.2f} ± {h:.2f}" for m, h in zip(frame["mean_percent"], frame["half_width_percent"])]
     return _ratio_table(frame, cells, by_task=True)
 
 
-def contrast_table(base: str | Path, *folders: str | Path) -> str:
-    """Each set's task scores minus those of the set ``base`` on the same seed (the seed columns of their
-    ``task_scores.csv``), in points: a row per (set, protocol, task), a column per noise ratio, then per ratio beyond
-    the clean one ``effect <ratio>``, the set's noise effect there (that ratio − 0 %) minus the base's. Each cell is
-    the mean ± 95 % half-width over the seeds both sets ran. Pairing by seed compares runs that share their seed's
+def contrast_table(base: str | Path, *folders: str | Path, method: str = PROBE) -> str:
+    """Each set's task scores (``method``'s) minus those of the set ``base`` on the same seed (the seed columns of
+    their ``task_scores.csv``), in points: a row per (set, protocol, task), a column per noise ratio, then per ratio
+    beyond the clean one ``effect <ratio>``, the set's noise effect there (that ratio − 0 %) minus the base's. Each
+    cell is the mean ± 95 % half-width over the seeds both sets ran. Pairing by seed compares runs that share their seed's
     initial weights, data order and noise draws, so it sees differences that the sets' own intervals hide."""
     if not folders:
         raise ValueError(f"nmtune contrast {base}: pass the base set, then one or more sets to compare with it")
     keys = ["protocol", "mean_of", "task", "noise_ratio"]
-    ref = _seed_scores(base).set_index(keys)
+    ref = _seed_scores(base, method).set_index(keys)
     rows = []
     for folder in folders:
-        other = _seed_scores(folder).set_index(keys)
+        other = _seed_scores(folder, method).set_index(keys)
         seeds = [c for c in other.columns if SEED_COLUMN.fullmatch(c) and c in ref.columns]
         common = other.index.intersection(ref.index, sort=False)
         if not seeds or common.empty:
@@ -176,9 +180,10 @@ def contrast_table(base: str | Path, *folders: str | Path) -> str:
     return to_markdown(pd.DataFrame(rows).set_index("set").fillna(""))
 
 
-def _seed_scores(folder: str | Path) -> pd.DataFrame:
-    """A report set's ``task_scores.csv``; a ValueError when it lacks the per-seed columns ``contrast_table`` pairs."""
-    frame = pd.read_csv(_report_files(folder, TASK_SCORES, made_by=SCORES_MADE_BY)[0])
+def _seed_scores(folder: str | Path, method: str) -> pd.DataFrame:
+    """A report set's ``task_scores.csv`` (``method``'s rows); a ValueError when it lacks the per-seed columns
+    ``contrast_table`` pairs."""
+    frame = _method_rows(pd.read_csv(_report_files(folder, TASK_SCORES, made_by=SCORES_MADE_BY)[0]), method, folder)
     if not any(SEED_COLUMN.fullmatch(c) for c in frame.columns):
         raise ValueError(f"{Path(folder) / TASK_SCORES} has no per-seed columns (seed0, seed1, …): notebook 05 "
                          "writes them since 'nmtune contrast' exists; where the set's runs are kept, remove its "
@@ -193,11 +198,28 @@ def _paired_cell(per_seed: pd.Series) -> str:
     return interval_text(*mean_ci(per_seed.to_numpy(dtype=float))).replace("-", "−")
 
 
-def _read_sets(folders: Sequence[str | Path], name: str, *, made_by: str) -> pd.DataFrame:
-    """The file ``name`` of each report set, stacked, with a ``set`` column (the folder's name) when more than one."""
+def _method_rows(frame: pd.DataFrame, method: str, folder: str | Path) -> pd.DataFrame:
+    """The rows of one head of a ``task_scores.csv`` (without its ``method`` column); a file without that column
+    holds the linear probe's alone. A ValueError names the heads the file has when ``method`` is not one of them."""
+    methods = list(dict.fromkeys(frame["method"])) if "method" in frame.columns else [PROBE]
+    if method not in methods:
+        raise ValueError(f"--method {method!r}: {Path(folder) / TASK_SCORES} has the scores of {', '.join(methods)} "
+                         f"only; accepted: {', '.join(map(repr, methods))}" + (
+                             "" if "method" in frame.columns else " (written before notebook 05 listed every head)"))
+    if "method" not in frame.columns:
+        return frame
+    return frame[frame["method"] == method].drop(columns="method").reset_index(drop=True)
+
+
+def _read_sets(folders: Sequence[str | Path], name: str, *, made_by: str, method: str | None = None
+               ) -> pd.DataFrame:
+    """The file ``name`` of each report set, stacked, with a ``set`` column (the folder's name) when more than one;
+    ``method``: one head's rows of each (``_method_rows``)."""
     if not folders:
         raise ValueError(f"no report folder given: pass one or more, each holding {name}")
     frames = [pd.read_csv(_report_files(folder, name, made_by=made_by)[0]) for folder in folders]
+    if method is not None:
+        frames = [_method_rows(frame, method, folder) for frame, folder in zip(frames, folders)]
     if len(frames) == 1:
         return frames[0]
     return pd.concat([f.assign(set=Path(folder).name) for f, folder in zip(frames, folders)], ignore_index=True)
@@ -212,10 +234,10 @@ def _ratio_table(frame: pd.DataFrame, cells: list[str], *, by_task: bool) -> str
     return to_markdown(table.reset_index(rows[1:]).rename(columns={"mean_of": "mean of"}))
 
 
-def folder_table(command: str, *folders: str | Path, by_task: bool = False) -> str:
+def folder_table(command: str, *folders: str | Path, by_task: bool = False, method: str = PROBE) -> str:
     """What ``nmtune <command> FOLDER…`` prints: ``timing`` (``time_table``, one folder), ``effects``
-    [``--by-task``] (``effects_table``), ``scores`` (``scores_table``), ``contrast`` (``contrast_table``: the
-    first folder is the base)."""
+    [``--by-task``] (``effects_table``), ``scores`` [``--method``] (``scores_table``), ``contrast`` [``--method``]
+    (``contrast_table``: the first folder is the base)."""
     if command == "timing":
         if len(folders) != 1:
             raise ValueError(f"nmtune timing: one report folder, got {len(folders)}")
@@ -223,9 +245,9 @@ def folder_table(command: str, *folders: str | Path, by_task: bool = False) -> s
     if command == "effects":
         return effects_table(*folders, by_task=by_task)
     if command == "scores":
-        return scores_table(*folders)
+        return scores_table(*folders, method=method)
     if command == "contrast":
-        return contrast_table(*folders)
+        return contrast_table(*folders, method=method)
     raise ValueError(f"folder_table: command {command!r}; accepted: 'timing', 'effects', 'scores', 'contrast'")
 
 

@@ -16,6 +16,7 @@ how often a verdict survives a bootstrap over seeds (a proxy for a rerun on anot
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Sequence
 
 import numpy as np
 import xarray as xr
@@ -400,23 +401,27 @@ def noise_effects(transfer: xr.Dataset, *, probe: str = "lp", setting: str = "ba
     return pd.DataFrame(rows, columns=[*_by_columns(by), "mean_points", "half_width_points", "n_seeds", "ci"])
 
 
-def score_levels(transfer: xr.Dataset, *, probe: str = "lp", setting: str = "base", by: str = "task"):
-    """The levels ``noise_effects`` takes differences of: per protocol, task (or ID/OOD mean, ``by="mean"``) and
-    noise ratio, ``probe``'s score, mean over seeds ± 95% half-width, in percent, then each seed's score (columns
-    ``seed0``, ``seed1``, …). Two sets made alike but for one setting (``make caption-probe``) compare here at every
-    ratio, 0 % included, and seed by seed (``report_tables.contrast_table``)."""
+def score_levels(transfer: xr.Dataset, *, methods: Sequence[str] = ("lp",), setting: str = "base",
+                 by: str = "task"):
+    """The levels ``noise_effects`` takes differences of (the linear probe's), and the same for the other heads in
+    ``methods``: per method, protocol, task (or ID/OOD mean, ``by="mean"``) and noise ratio, the score, mean over
+    seeds ± 95% half-width, in percent, then each seed's score (columns ``seed0``, ``seed1``, …). Two sets made
+    alike but for one setting (``make caption-probe``) compare here at every ratio, 0 % included, and seed by seed
+    (``report_tables.contrast_table``). A method the runs lack has no rows."""
     import pandas as pd
 
     rows = []
     seeds = [f"seed{int(s)}" for s in transfer["seed"].values]
-    for protocol, labels, values in _probe_scores(transfer, probe=probe, setting=setting, by=by):
-        for r in values["noise_ratio"].values:
-            per_seed = values.sel(noise_ratio=r).transpose("seed").values * 100
-            mean, half = mean_ci(per_seed)
-            rows.append(dict(protocol=protocol, **labels, noise_ratio=f"{float(r):g}", mean_percent=mean,
-                             half_width_percent=half, n_seeds=int(np.isfinite(per_seed).sum()),
-                             **dict(zip(seeds, per_seed))))
-    return pd.DataFrame(rows, columns=[*_by_columns(by), "mean_percent", "half_width_percent", "n_seeds", *seeds])
+    for method in (m for m in methods if m in transfer["method"].values):
+        for protocol, labels, values in _probe_scores(transfer, probe=method, setting=setting, by=by):
+            for r in values["noise_ratio"].values:
+                per_seed = values.sel(noise_ratio=r).transpose("seed").values * 100
+                mean, half = mean_ci(per_seed)
+                rows.append(dict(protocol=protocol, method=method, **labels, noise_ratio=f"{float(r):g}",
+                                 mean_percent=mean, half_width_percent=half,
+                                 n_seeds=int(np.isfinite(per_seed).sum()), **dict(zip(seeds, per_seed))))
+    columns = ["protocol", "method", *_by_columns(by)[1:], "mean_percent", "half_width_percent", "n_seeds", *seeds]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def effect_text(frame) -> list[str]:

@@ -478,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "changes of the noise effects as a Markdown table (task_scores.csv; nmtune_lib.report_tables)")
     ct.add_argument("folders", nargs="+", metavar="FOLDER", help="the base set, then the sets to compare with it, "
                     "e.g. reports/clip/caption_probe/class reports/clip/caption_probe/brightness")
+    for scores_parser in (sc, ct):
+        scores_parser.add_argument("--method", default="lp", help="the head whose scores to read: lp (default), mlp "
+                                   "or nmtune, where the set's task_scores.csv has them")
     mm = sub.add_parser("memorisation", help="flipped labels predicted by each noisy run's backbone vs the clean "
                         "backbone of its seed; writes <out>/<preset>/memorisation.csv (nmtune_lib.memorisation)")
     _report_arguments(mm)
@@ -503,7 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("timing", "effects", "scores", "contrast"):
             from .report_tables import folder_table
 
-            print(folder_table(args.command, *args.folders, by_task=getattr(args, "by_task", False)))
+            print(folder_table(args.command, *args.folders, by_task=getattr(args, "by_task", False),
+                               method=getattr(args, "method", "lp")))
             return 0
         if args.command == "compare":
             from .report_tables import compare_claims, to_markdown

@@ -161,6 +161,33 @@ def test_scores_table_has_every_ratio_clean_included(tmp_path, capsys):
         folder_table("score", tmp_path)
 
 
+def test_scores_and_contrast_read_one_head_of_a_file_that_lists_every_head(tmp_path, capsys):
+    task = "fmnist_domains_sketch"
+    columns = ["protocol", "method", "mean_of", "task", "noise_ratio", "mean_percent", "half_width_percent",
+               "n_seeds", "seed0", "seed1"]
+    base, other = tmp_path / "cropped", tmp_path / "uncropped"
+    for folder, shift in ((base, 0.0), (other, 2.0)):
+        folder.mkdir()
+        rows = [("reference", method, "OOD", task, 0.0, level + shift, 1.0, 2, level + shift - 1, level + shift + 1)
+                for method, level in (("lp", 70.0), ("mlp", 60.0), ("nmtune", 61.0))]
+        pd.DataFrame(rows, columns=columns).to_csv(folder / "task_scores.csv", index=False)
+    head = ["| protocol | mean of | task | 0% |", "|---|---|---|---|"]
+    assert folder_table("scores", base) == "\n".join(head + [f"| reference | OOD | {task} | 70.00 ± 1.00 |"])
+    assert main(["scores", "--method", "mlp", str(base)]) == 0
+    assert capsys.readouterr().out.splitlines() == head + [f"| reference | OOD | {task} | 60.00 ± 1.00 |"]
+    assert main(["contrast", "--method", "nmtune", str(base), str(other)]) == 0
+    assert "| uncropped | reference | OOD | fmnist_domains_sketch | +2.00 ± 0.00 |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"--method 'MLP': .*cropped/task_scores.csv has the scores of lp, mlp, "
+                                         r"nmtune only; accepted: 'lp', 'mlp', 'nmtune'$"):
+        folder_table("scores", base, method="MLP")
+    # a file written before notebook 05 listed every head holds the linear probe's scores alone
+    pd.read_csv(other / "task_scores.csv").query("method == 'lp'").drop(columns="method").to_csv(
+        other / "task_scores.csv", index=False)
+    assert "72.00 ± 1.00" in folder_table("scores", other)
+    with pytest.raises(ValueError, match=r"has the scores of lp only; accepted: 'lp' \(written before notebook 05"):
+        folder_table("contrast", base, other, method="mlp")
+
+
 def test_contrast_pairs_seeds_and_reports_score_and_effect_differences(tmp_path, capsys):
     from nmtune_lib.summary import mean_ci
 
@@ -209,7 +236,8 @@ def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
         if command == "compare":
             printed = to_markdown(compare_claims([root / f for f in args.folders], args.protocols, args.labels))
         else:
-            printed = folder_table(command, *(root / f for f in args.folders), by_task=getattr(args, "by_task", False))
+            printed = folder_table(command, *(root / f for f in args.folders), by_task=getattr(args, "by_task", False),
+                                   method=getattr(args, "method", "lp"))
         assert table.splitlines() == printed.splitlines(), line
         found.append(command + (" --by-task" if getattr(args, "by_task", False) else ""))
     assert found.count("compare") >= 3 and found.count("timing") >= 3 and found.count("effects") >= 4

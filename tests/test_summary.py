@@ -184,6 +184,14 @@ def test_score_levels_are_what_the_noise_effects_take_differences_of():
         assert effect == pytest.approx(diff, abs=1e-9)
     means = score_levels(transfer, by="mean")
     assert set(means["mean_of"]) == {"ID", "OOD"} and "task" not in means.columns and (means["n_seeds"] == 3).all()
+    # the other heads' levels too, each row naming its head; a head the runs lack has none
+    heads = score_levels(transfer, methods=("lp", "mlp", "nmtune", "no_such_head"))
+    assert list(dict.fromkeys(heads["method"])) == ["lp", "mlp", "nmtune"] and len(heads) == 3 * len(levels)
+    assert heads[heads["method"] == "lp"].reset_index(drop=True).equals(score_levels(transfer))
+    nmtune = heads[heads["method"] == "nmtune"].set_index(["protocol", "task", "noise_ratio"])
+    expected = task_scores(transfer.sel(setting="base", protocol="reference")).sel({"method": "nmtune"})
+    assert nmtune.loc[("reference", "b", "0.2"), seeds].to_numpy(float) == pytest.approx(
+        expected.sel(task="b", noise_ratio=0.2).transpose("seed").values * 100)
     with pytest.raises(ValueError, match=r"by='tasks'; accepted: 'mean', 'task'"):
         score_levels(transfer, by="tasks")
 
