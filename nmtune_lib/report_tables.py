@@ -155,8 +155,8 @@ def contrast_table(base: str | Path, *folders: str | Path, method: str = PROBE) 
     """Each set's task scores (``method``'s) minus those of the set ``base`` on the same seed (the seed columns of
     their ``task_scores.csv``), in points: a row per (set, protocol, task), a column per noise ratio, then per ratio
     beyond the clean one ``effect <ratio>``, the set's noise effect there (that ratio − 0 %) minus the base's. Each
-    cell is the mean ± 95 % half-width over the seeds both sets ran. Pairing by seed compares runs that share their seed's
-    initial weights, data order and noise draws, so it sees differences that the sets' own intervals hide."""
+    cell is the mean ± 95 % half-width over the seeds both sets ran. Pairing by seed compares runs that share their
+    seed's initial weights, data order and noise draws, so it sees differences that the sets' own intervals hide."""
     if not folders:
         raise ValueError(f"nmtune contrast {base}: pass the base set, then one or more sets to compare with it")
     keys = ["protocol", "mean_of", "task", "noise_ratio"]
