@@ -241,7 +241,7 @@ def test_the_clip_smoke_sweep_runs_end_to_end_in_the_caption_probe_s_shape(tmp_p
     levels = pd.read_csv(summary / "task_scores.csv")
     assert len(levels) == 4 and set(levels["noise_ratio"]) == {0.0, 0.2}  # two protocols × two ratios
     assert levels.columns[-1] == "seed0"  # each seed's score, which `nmtune contrast` pairs: a set with itself, 0
-    assert folder_table("contrast", summary, summary).count("+0.00 ± ") == 2 * 3  # 0 %, 20 %, effect 20 %
+    assert folder_table("contrast", summary, summary).count("+0.00 (one seed)") == 2 * 3  # 0 %, 20 %, effect 20 %
 
 
 def _gathered_loss_worker(rank: int, world: int, port: int, root: str) -> None:
