@@ -17,8 +17,9 @@
   for one setting, seed by seed against the first (``task_scores.csv``' seed columns): each score's difference, and
   how much the set changes each noise effect, in points.
 
-``scores`` and ``contrast`` read one head's rows, the linear probe's unless ``--method mlp`` or ``nmtune``
-(``task_scores.csv`` has a ``method`` column since notebook 05 lists every head; an older file is the probe's alone).
+``scores`` and ``contrast`` read one head's rows, the linear probe's unless ``--method mlp`` or ``nmtune``, or a
+difference of two heads seed by seed, ``--method nmtune-mlp`` (``task_scores.csv`` has a ``method`` column since
+notebook 05 lists every head; an older file is the probe's alone).
 """
 from __future__ import annotations
 
@@ -144,10 +145,13 @@ def effects_table(*folders: str | Path, by_task: bool = False) -> str:
 
 def scores_table(*folders: str | Path, method: str = PROBE) -> str:
     """A report set's ``task_scores.csv`` as a Markdown table, ``method``'s rows: rows (protocol, task), the mean
-    each task enters beside it, columns the noise ratios (0 % included), cells ``45.21 ± 3.10`` (%, two decimals);
-    several sets as in ``effects_table``."""
+    each task enters beside it, columns the noise ratios (0 % included), cells ``45.21 ± 3.10`` (%, two decimals;
+    ``+1.20 ± 0.45`` points for a difference of heads); several sets as in ``effects_table``."""
+    from .summary import interval_text
+
     frame = _read_sets(folders, TASK_SCORES, made_by=SCORES_MADE_BY, method=method)
-    cells = [f"{m:.2f} ± {h:.2f}" for m, h in zip(frame["mean_percent"], frame["half_width_percent"])]
+    cells = [interval_text(m, h) if "-" in method else f"{m:.2f} ± {h:.2f}"  # a difference of heads: signed
+             for m, h in zip(frame["mean_percent"], frame["half_width_percent"])]
     return _ratio_table(frame, cells, by_task=True)
 
 
@@ -199,16 +203,33 @@ def _paired_cell(per_seed: pd.Series) -> str:
 
 
 def _method_rows(frame: pd.DataFrame, method: str, folder: str | Path) -> pd.DataFrame:
-    """The rows of one head of a ``task_scores.csv`` (without its ``method`` column); a file without that column
-    holds the linear probe's alone. A ValueError names the heads the file has when ``method`` is not one of them."""
+    """The rows of one head of a ``task_scores.csv`` (without its ``method`` column), or of a difference of two
+    heads, ``nmtune-mlp`` (claim 4's terms, named as in ``decomposition.csv``): seed by seed the first head's score
+    minus the second's, then their mean ± 95 % half-width. A file without ``method`` holds the linear probe's alone.
+    A ValueError names what the file can give when ``method`` is not one of them."""
+    from .summary import mean_ci  # scipy: imported where needed
+
     methods = list(dict.fromkeys(frame["method"])) if "method" in frame.columns else [PROBE]
-    if method not in methods:
+    first, _, second = method.partition("-")
+    if method not in methods and not (first in methods and second in methods and first != second):
         raise ValueError(f"--method {method!r}: {Path(folder) / TASK_SCORES} has the scores of {', '.join(methods)} "
-                         f"only; accepted: {', '.join(map(repr, methods))}" + (
+                         f"only; accepted: one of them, or two as 'a-b' (e.g. 'nmtune-mlp')" + (
                              "" if "method" in frame.columns else " (written before notebook 05 listed every head)"))
     if "method" not in frame.columns:
         return frame
-    return frame[frame["method"] == method].drop(columns="method").reset_index(drop=True)
+    heads = {m: frame[frame["method"] == m].drop(columns="method").reset_index(drop=True) for m in (first, second)
+             if m}
+    if method in methods:
+        return heads[method]
+    keys = [c for c in ("protocol", "mean_of", "task", "noise_ratio") if c in frame.columns]
+    seeds = [c for c in frame.columns if SEED_COLUMN.fullmatch(c)]
+    if not seeds:
+        raise ValueError(f"--method {method!r}: {Path(folder) / TASK_SCORES} has no per-seed columns to subtract")
+    diff = (heads[first].set_index(keys)[seeds] - heads[second].set_index(keys)[seeds]).reindex(
+        heads[first].set_index(keys).index)  # the first head's row order
+    mean, half = zip(*(mean_ci(row) for row in diff.to_numpy(dtype=float)))
+    return diff.assign(mean_percent=mean, half_width_percent=half, n_seeds=diff.notna().sum(axis=1)).reset_index()[
+        [c for c in heads[first].columns]]
 
 
 def _read_sets(folders: Sequence[str | Path], name: str, *, made_by: str, method: str | None = None

@@ -480,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "e.g. reports/clip/caption_probe/class reports/clip/caption_probe/brightness")
     for scores_parser in (sc, ct):
         scores_parser.add_argument("--method", default="lp", help="the head whose scores to read: lp (default), mlp "
-                                   "or nmtune, where the set's task_scores.csv has them")
+                                   "or nmtune, where the set's task_scores.csv has them, or a difference of two "
+                                   "seed by seed, e.g. nmtune-mlp")
     mm = sub.add_parser("memorisation", help="flipped labels predicted by each noisy run's backbone vs the clean "
                         "backbone of its seed; writes <out>/<preset>/memorisation.csv (nmtune_lib.memorisation)")
     _report_arguments(mm)

@@ -161,7 +161,7 @@ def test_scores_table_has_every_ratio_clean_included(tmp_path, capsys):
         folder_table("score", tmp_path)
 
 
-def test_scores_and_contrast_read_one_head_of_a_file_that_lists_every_head(tmp_path, capsys):
+def test_scores_and_contrast_read_one_head_or_a_difference_of_two_from_a_file_that_lists_every_head(tmp_path, capsys):
     task = "fmnist_domains_sketch"
     columns = ["protocol", "method", "mean_of", "task", "noise_ratio", "mean_percent", "half_width_percent",
                "n_seeds", "seed0", "seed1"]
@@ -178,13 +178,21 @@ def test_scores_and_contrast_read_one_head_of_a_file_that_lists_every_head(tmp_p
     assert main(["contrast", "--method", "nmtune", str(base), str(other)]) == 0
     assert "| uncropped | reference | OOD | fmnist_domains_sketch | +2.00 ± 0.00 |" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"--method 'MLP': .*cropped/task_scores.csv has the scores of lp, mlp, "
-                                         r"nmtune only; accepted: 'lp', 'mlp', 'nmtune'$"):
+                                         r"nmtune only; accepted: one of them, or two as 'a-b'"):
         folder_table("scores", base, method="MLP")
+    # a difference of two heads, seed by seed: NMTune − MLP is +1 in each seed of both sets, so its contrast is 0
+    for method, cell in (("nmtune-mlp", "+1.00 ± 0.00"), ("mlp-lp", "−10.00 ± 0.00")):
+        assert folder_table("scores", base, method=method).splitlines()[-1] == f"| reference | OOD | {task} | {cell} |"
+    assert main(["contrast", "--method", "nmtune-mlp", str(base), str(other)]) == 0
+    assert "| uncropped | reference | OOD | fmnist_domains_sketch | +0.00 ± 0.00 |" in capsys.readouterr().out
+    for bad in ("nmtune-nmtune", "nmtune-head"):
+        with pytest.raises(ValueError, match=f"--method '{bad}'"):
+            folder_table("contrast", base, other, method=bad)
     # a file written before notebook 05 listed every head holds the linear probe's scores alone
     pd.read_csv(other / "task_scores.csv").query("method == 'lp'").drop(columns="method").to_csv(
         other / "task_scores.csv", index=False)
     assert "72.00 ± 1.00" in folder_table("scores", other)
-    with pytest.raises(ValueError, match=r"has the scores of lp only; accepted: 'lp' \(written before notebook 05"):
+    with pytest.raises(ValueError, match=r"has the scores of lp only; accepted: .* \(written before notebook 05"):
         folder_table("contrast", base, other, method="mlp")
 
 
