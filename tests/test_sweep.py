@@ -43,10 +43,19 @@ def test_notebook_03_wrote_the_spectrum(smoke_sweep):
 def test_notebook_04_wrote_transfer_results_above_chance(smoke_sweep):
     ds = xr.open_dataset(_run(smoke_sweep, RUNS[0]) / "transfer.nc", engine="h5netcdf")
     assert set(ds["method"].values) >= {"lp", "mlp", "nmtune"}
-    for protocol in ("reference", "matched"):
-        lp = ds["accuracy"].isel(noise_ratio=0, seed=0).sel(
-            {"setting": "base", "protocol": protocol, "method": "lp", "task": "mnist5k", "test_domain": "in_domain"})
-        assert float(lp) > 2 * float(ds["chance"].sel(task="mnist5k"))  # clearly above chance
+    lp = ds["accuracy"].isel(noise_ratio=0, seed=0).sel(
+        {"setting": "base", "protocol": "reference", "method": "lp", "task": "mnist5k", "test_domain": "in_domain"})
+    assert float(lp) > 2 * float(ds["chance"].sel(task="mnist5k"))  # clearly above chance
+    # the matched protocol refits each head at the candidate rate that scored best on its held-out 10 % (the first
+    # on a tie). Its score is not asserted: with the smoke preset's 40 held-out images and 14 steps, the smallest rate
+    # can win and leave a head near chance (seen with 2 threads per sweep job on mnist5k)
+    held_out = ds["selection_accuracy"].isel(noise_ratio=0, seed=0).sel(selection_setting="base")
+    chosen = ds["lr"].isel(noise_ratio=0, seed=0).sel(setting="base", protocol="matched")
+    for method in ("lp", "mlp", "nmtune"):
+        for task in ds["task"].values:
+            scores = held_out.sel(selection_method=method, selection_task=task)
+            best = scores["candidate_lr"].values[int(np.argmax(scores.values))]
+            assert float(chosen.sel({"method": method, "task": task})) == pytest.approx(float(best)), (method, task)
 
 
 def test_notebook_05_wrote_the_claims_table(smoke_sweep):
