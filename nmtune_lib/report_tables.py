@@ -217,19 +217,21 @@ def _method_rows(frame: pd.DataFrame, method: str, folder: str | Path) -> pd.Dat
                              "" if "method" in frame.columns else " (written before notebook 05 listed every head)"))
     if "method" not in frame.columns:
         return frame
-    heads = {m: frame[frame["method"] == m].drop(columns="method").reset_index(drop=True) for m in (first, second)
-             if m}
+
+    def head(name: str) -> pd.DataFrame:
+        return frame[frame["method"] == name].drop(columns="method").reset_index(drop=True)
+
     if method in methods:
-        return heads[method]
-    keys = [c for c in ("protocol", "mean_of", "task", "noise_ratio") if c in frame.columns]
+        return head(method)
     seeds = [c for c in frame.columns if SEED_COLUMN.fullmatch(c)]
     if not seeds:
         raise ValueError(f"--method {method!r}: {Path(folder) / TASK_SCORES} has no per-seed columns to subtract")
-    diff = (heads[first].set_index(keys)[seeds] - heads[second].set_index(keys)[seeds]).reindex(
-        heads[first].set_index(keys).index)  # the first head's row order
+    keys = [c for c in ("protocol", "mean_of", "task", "noise_ratio") if c in frame.columns]
+    minuend, subtrahend = head(first).set_index(keys), head(second).set_index(keys)
+    diff = (minuend[seeds] - subtrahend[seeds]).reindex(minuend.index)  # the first head's row order
     mean, half = zip(*(mean_ci(row) for row in diff.to_numpy(dtype=float)))
-    return diff.assign(mean_percent=mean, half_width_percent=half, n_seeds=diff.notna().sum(axis=1)).reset_index()[
-        [c for c in heads[first].columns]]
+    out = diff.assign(mean_percent=mean, half_width_percent=half, n_seeds=diff.notna().sum(axis=1)).reset_index()
+    return out[[*keys, *(c for c in minuend.columns if c in out.columns)]]
 
 
 def _read_sets(folders: Sequence[str | Path], name: str, *, made_by: str, method: str | None = None
