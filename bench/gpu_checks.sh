@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks of the study, as one script. Each step is bounded by its own timeout; pick steps to fit the time
-# a device lends (the default: all; their limits add up to 21 minutes). Results: bench/gpu_results/ (H100, the first
+# a device lends (the default: all; their limits add up to 23 minutes). Results: bench/gpu_results/ (H100, the first
 # four steps) and bench/gpu_results/h200/ (head_batched, default_grid, clip_epoch).
 #   pretrain_throughput  pre-training step, in-memory vs DataLoader
 #   gpu_epoch            one `gpu`-preset epoch (ResNet-18, torch.compile)
 #   torchrun_epoch       one epoch under torchrun --nproc_per_node=1 (DDP/NCCL)
 #   head_tuning          one NMTune head: cached K views vs online re-encoding
+#   head_profile         issue 10: where a head step's time goes, one head vs 8 batched vs 8 stacked (profiler)
+#   svd_routes           issue 10: the SVD of the dominant-singular-value term by each cuSOLVER driver (time, accuracy)
 #   head_batched         issue 10: the heads of one default run batched vs one by one (bench --quick)
 #   default_grid         issue 10: the `default` study's grid on this GPU, stage times (timing.csv)
 #   streamed             folder data streamed through DataLoader workers on CUDA (bf16, channels_last)
@@ -15,7 +17,7 @@
 set -u
 OUT=${1:-bench/results/gpu}
 shift || true
-STEPS=${*:-pretrain_throughput gpu_epoch torchrun_epoch head_tuning head_batched default_grid streamed clip_epoch}
+STEPS=${*:-pretrain_throughput gpu_epoch torchrun_epoch head_tuning head_profile svd_routes head_batched default_grid streamed clip_epoch}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -32,6 +34,8 @@ step gpu_epoch 180 $PY -m nmtune_lib.pretrain --preset gpu --noise-ratio 0.1 --s
 step torchrun_epoch 100 torchrun --standalone --nproc_per_node=1 -m nmtune_lib.pretrain --preset gpu \
   --noise-ratio 0.0 --seed 0 --set epochs=1 compile=false --run-root "$OUT/runs_ddp" --no-progress
 step head_tuning 120 $PY bench/head_tuning.py --device cuda --views 4 --epochs 10 --out "$OUT/head_tuning.json"
+step head_profile 90 $PY bench/head_step_profile.py --device cuda --heads 8 --out "$OUT/head_profile.json"
+step svd_routes 60 $PY bench/svd_routes.py --device cuda --out "$OUT/svd_routes.json"
 step head_batched 150 $PY bench/head_tuning.py --quick --device cuda --json "$OUT/head_batched.json"
 step default_grid 300 $PY -m nmtune_lib.sweep sweep --preset default --set device=cuda --jobs "${GRID_JOBS:-8}" \
   --run-root "$OUT/grid"

@@ -17,17 +17,28 @@ its batch. This way ``fit_heads`` returns, bit for bit, what ``fit_head`` return
 (tests/test_batched_tuning.py, and the whole transfer step in tests/test_protocols.py). On this 2-core CPU the
 heads' arithmetic (the SVD above all) dominates a step, so batching saves the per-head overhead only;
 ``bench/head_tuning.py`` measures it. Each head's ``seconds`` is its share of the batch's wall time.
+
+On a GPU a head's step is kernel launches, not arithmetic, and per-head kernels keep one launch per layer per head.
+There (``stacked``, the default on CUDA) the heads of one kind and learning rate become one ``HeadStack``: each
+parameter gets a leading head dimension, the first layer of all heads is one product on the shared f, BatchNorm one
+call over the H·eD channels (per-head statistics), the other layers batched products. Those round differently from
+a head alone, so stacked heads equal ``fit_head`` to rounding only (tests/test_batched_tuning.py). On an H200 the
+stacked heads took 3.3 ms per head-step against 7.1 ms for a head alone, the SVD of the dominant-singular-value term
+being most of the rest (README, "Benchmarks"; ``bench/head_step_profile.py``).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from functools import partial
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import reference as ref
+from .heads import MLPHead
 from .losses import PARTS
 from .models import resolve_device
 from .tuning import (HeadFit, _as_labels, _check_hyperparameters, _epoch, _eval_step_loss, _two_view_step_loss,
@@ -38,26 +49,98 @@ HEAD_KEYS = ("method", "lr", "w_mse", "w_cov", "w_svd", "svd_top_k")  # what may
 
 class StackedHeads(nn.Module):
     """H heads (``MLPHead``/``LinearProbe``) run on the same features: ``features(f)`` → z stacked H×n×D,
-    ``classifier(z)`` → logits H×n×C, ``forward(f)`` both; ``heads`` are the modules themselves."""
+    ``classifier(z)`` → logits H×n×C, ``forward(f)`` both; ``heads`` are the modules themselves.
 
-    def __init__(self, heads: Sequence[nn.Module]):
+    ``stacks``: None runs each head's own layers (bit for bit what the head gives alone); else the sizes of
+    consecutive runs of heads of one kind (and one learning rate) whose parameters are stacked (``HeadStack``): one
+    batched kernel per layer for the run; its numbers round like a batched product, not like each head alone.
+    """
+
+    def __init__(self, heads: Sequence[nn.Module], stacks: Sequence[int] | None = None):
         super().__init__()
-        self.heads = nn.ModuleList(heads)
+        self.heads = nn.ModuleList(heads) if stacks is None else list(heads)  # stacked: the stacks train
+        bounds = [0, *itertools.accumulate(stacks or ())]
+        self.stacks = nn.ModuleList(HeadStack(heads[a:b]) for a, b in zip(bounds, bounds[1:]))
 
     def features(self, f: torch.Tensor) -> torch.Tensor:
+        if self.stacks:
+            return torch.cat([stack.features(f) for stack in self.stacks])
         return torch.stack([head.features(f) for head in self.heads])
 
     def classifier(self, z: torch.Tensor) -> torch.Tensor:
+        if self.stacks:
+            return torch.cat([stack.classifier(zs) for stack, zs in zip(self.stacks, z.split(
+                [len(stack.heads) for stack in self.stacks]))])
         return torch.stack([head.classifier(zh) for head, zh in zip(self.heads, z.unbind(0))])
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(f))
 
+    def unstack(self) -> None:
+        """Copy the stacks' trained parameters and BatchNorm statistics back into the heads (their train/eval
+        mode too)."""
+        for stack in self.stacks:
+            stack.unstack()
+
+
+class HeadStack(nn.Module):
+    """H heads of one kind (all ``MLPHead`` or all ``LinearProbe``, of one shape) as one module: each parameter
+    and BatchNorm buffer stacked along a leading head dimension, every layer one batched product (``baddbmm``) and
+    BatchNorm one ``F.batch_norm`` over the H·eD channels (per-head statistics). Starts as copies of the heads;
+    ``unstack`` writes the trained values back."""
+
+    def __init__(self, heads: Sequence[nn.Module]):
+        super().__init__()
+        kinds = {(type(h), tuple(p.shape for p in h.parameters())) for h in heads}
+        if len(kinds) != 1:
+            raise ValueError(f"HeadStack needs heads of one kind and shape, got {len(kinds)} kinds")
+        self.heads = list(heads)
+        self.names = [name for name, _ in heads[0].named_parameters()]
+        self.params = nn.ParameterList(nn.Parameter(torch.stack([dict(h.named_parameters())[name].detach()
+                                                                 for h in heads])) for name in self.names)
+        self.bn = heads[0].mlp[1] if isinstance(heads[0], MLPHead) else None
+        if self.bn is not None:
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                self.register_buffer(name, torch.stack([getattr(h.mlp[1], name) for h in heads]))
+
+    def _param(self, name: str) -> torch.Tensor:
+        return self.params[self.names.index(name)]
+
+    def features(self, f: torch.Tensor) -> torch.Tensor:
+        h, n = len(self.heads), f.shape[-2]
+        if self.bn is None:
+            return f.expand(h, *f.shape[-2:])
+        # f is shared: the first layers of all heads are one product, n×(H·eD), the channels BatchNorm wants
+        w1 = self._param("mlp.0.weight")
+        x = F.linear(f, w1.view(-1, w1.shape[-1]), self._param("mlp.0.bias").view(-1))
+        if self.training:
+            self.num_batches_tracked += 1
+        x = F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self._param("mlp.1.weight").view(-1),
+                         self._param("mlp.1.bias").view(-1), self.training, self.bn.momentum, self.bn.eps)
+        x = torch.baddbmm(self._param("mlp.3.bias").unsqueeze(1), x.view(n, h, -1).transpose(0, 1).relu(),
+                          self._param("mlp.3.weight").transpose(1, 2))
+        return self._param("scale").unsqueeze(1) * x + f
+
+    def classifier(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self._param("classifier.bias").unsqueeze(1), z,
+                             self._param("classifier.weight").transpose(1, 2))
+
+    def unstack(self) -> None:
+        with torch.no_grad():
+            for i, head in enumerate(self.heads):
+                own = dict(head.named_parameters())
+                for name, value in zip(self.names, self.params):
+                    own[name].copy_(value[i])
+                if self.bn is not None:
+                    for name in ("running_mean", "running_var", "num_batches_tracked"):
+                        getattr(head.mlp[1], name).copy_(getattr(self, name)[i])
+                head.train(self.training)
+
 
 def fit_heads(views, labels, heads: Sequence[Mapping[str, Any]], *, num_classes: int | None = None,
               epochs: int = ref.EPOCHS, batch_size: int = ref.BATCH_SIZE, weight_decay: float = ref.WEIGHT_DECAY,
               feature_noise: float = 0.0, seed: int = 0, device: str | torch.device = "cpu",
-              progress: bool = False) -> list[HeadFit]:
+              progress: bool = False, stacked: bool | None = None) -> list[HeadFit]:
     """Train the heads ``heads`` on ``views``/``labels`` together, as ``fit_head`` would train each one with the
     same seed, and return one ``HeadFit`` per head, in order.
 
@@ -66,6 +149,10 @@ def fit_heads(views, labels, heads: Sequence[Mapping[str, Any]], *, num_classes:
         weights to 0. The heads share everything else (the keywords here, as in ``fit_head``). With eval features
         N×D every head must be ``lp`` (single view) or none (views from the features); the svd_top_k of the heads
         that use the SVD term must agree.
+    stacked: stack the parameters of the heads of one kind and learning rate (``HeadStack``: a few batched kernels
+        per step whatever the number of heads) instead of running each head's own layers; None (default): on CUDA,
+        where a head's step is launch overhead, not arithmetic. Stacked heads equal the heads trained one by one to
+        rounding (tests/test_batched_tuning.py), not bit for bit.
     Invalid inputs raise ``ValueError`` naming the head and the value, before any training.
     """
     if not heads:
@@ -87,15 +174,22 @@ def fit_heads(views, labels, heads: Sequence[Mapping[str, Any]], *, num_classes:
         raise ValueError(f"svd_top_k differs between the heads that use the SVD term ({sorted(svd_k)}); accepted: "
                          "one value per batch")
 
+    stack = device.type == "cuda" if stacked is None else bool(stacked)
+    kind = lambda h: (h["method"] == "lp", float(h["lr"])) if stack else ()  # noqa: E731  (a stack's heads share it)
+    order = sorted(range(len(heads)), key=lambda i: kind(heads[i]))  # stable: one by one, the order given
+    heads = [heads[i] for i in order]
     _, order_gen, view_gen = head_generators(seed)
     modules = []
     for head in heads:  # every head initialised as fit_head would, from a fresh generator of the same seed
         modules.append(new_head(head["method"], num_features, num_classes, generator=head_generators(seed)[0],
                                 device=device))
-    stacked = StackedHeads(modules)
+    runs = [len(list(run)) for _, run in itertools.groupby(heads, kind)]
+    stacked = StackedHeads(modules, runs if stack else None)
     rates = sorted({float(h["lr"]) for h in heads})
     group_of = [rates.index(float(h["lr"])) for h in heads]
-    optimizer = adamw([{"params": [p for m, g in zip(modules, group_of) if g == i for p in m.parameters()],
+    units = list(stacked.stacks) if stack else modules  # what the optimizer steps: stacks, or the heads themselves
+    unit_group = [group_of[start] for start in itertools.accumulate([0, *runs[:-1]])] if stack else group_of
+    optimizer = adamw([{"params": [p for u, g in zip(units, unit_group) if g == i for p in u.parameters()],
                         "lr": lr} for i, lr in enumerate(rates)], weight_decay=weight_decay, device=device)
     weights = {w: torch.tensor([h[w] for h in heads], device=device) for w in ("w_mse", "w_cov", "w_svd")}
     step_loss = (partial(_eval_step_loss, stacked, source) if mode == "eval" else
@@ -105,13 +199,15 @@ def fit_heads(views, labels, heads: Sequence[Mapping[str, Any]], *, num_classes:
                     total_steps=epochs * math.ceil(n / batch_size))
     history, seconds = train_epochs(stacked, train, desc=f"{len(heads)} heads ({mode})", epochs=epochs,
                                     device=device, progress=progress)
+    stacked.unstack()
     common = dict(mode=mode, num_classes=num_classes, num_features=num_features, n=n, epochs=epochs,
                   batch_size=batch_size, weight_decay=weight_decay, feature_noise=feature_noise, seed=seed,
                   device=str(device), views=int(source.features.shape[1]) if mode == "cached" else None,
-                  batched_with=len(heads))
-    return [HeadFit(module, head["method"], mode, _head_history(history, i, group_of[i], len(rates)),
+                  batched_with=len(heads), stacked=stack)
+    fits = [HeadFit(module, head["method"], mode, _head_history(history, i, group_of[i], len(rates)),
                     {**common, **head}, seconds / len(heads), device)
             for i, (module, head) in enumerate(zip(modules, heads))]
+    return [fits[order.index(i)] for i in range(len(fits))]  # the order given
 
 
 def _resolve_head(index: int, head: Mapping[str, Any]) -> dict[str, Any]:

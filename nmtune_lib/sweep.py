@@ -38,6 +38,8 @@ SUMMARY_NOTEBOOK = "05_summary"
 # per notebook (a process importing them took 10.4 s to end normally, 6.8 s to end with os._exit). A failing cell
 # still raises and leaves its partial notebook.
 KERNEL_SHUTDOWN = "immediate"
+KERNEL_START_TRIES = 3  # starts of a kernel that does not come up (execute_notebook)
+KERNEL_START_ERRORS = ("Kernel didn't respond", "Kernel died before replying to kernel_info")  # jupyter_client's
 MANAGED = ("preset", "dataset", "noise_ratio", "noise_ratios", "noise_kind", "seed", "seeds", "run_root", "progress",
            "overrides")
 
@@ -111,12 +113,26 @@ def summary_parameters(study: Study, overrides: dict[str, Any]) -> dict[str, Any
 
 def execute_notebook(name: str, out: Path, parameters: dict[str, Any], *, cwd: Path = ROOT) -> None:
     """Execute notebooks/<name>.ipynb into ``out`` with papermill: the venv's python3 kernel, started in ``cwd`` and
-    killed after its last cell (``KERNEL_SHUTDOWN``); a failing cell raises and leaves the partial notebook."""
+    killed after its last cell (``KERNEL_SHUTDOWN``); a failing cell raises and leaves the partial notebook.
+
+    A kernel that does not start is started again, up to ``KERNEL_START_TRIES`` times: jupyter_client picks free TCP
+    ports before the kernel binds them, so kernels started side by side can draw the same port (seen with 13 runs at
+    a time on a 16-core GPU machine: ``ZMQError: Address already in use``, then "Kernel didn't respond"). No cell has
+    run then, so starting again is safe; a failing cell is never retried."""
     import papermill as pm
 
     os.environ.setdefault("JUPYTER_PATH", str(Path(sys.prefix) / "share" / "jupyter"))  # the venv's kernel first
-    pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out), parameters=parameters, kernel_name="python3",
-                        cwd=str(cwd), progress_bar=False, log_output=False, shutdown_kernel=KERNEL_SHUTDOWN)
+    for attempt in range(1, KERNEL_START_TRIES + 1):
+        try:
+            pm.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out), parameters=parameters,
+                                kernel_name="python3", cwd=str(cwd), progress_bar=False, log_output=False,
+                                shutdown_kernel=KERNEL_SHUTDOWN)
+            return
+        except RuntimeError as err:
+            if not str(err).startswith(KERNEL_START_ERRORS) or attempt == KERNEL_START_TRIES:
+                raise
+            print(f"{out}: the kernel did not start ({err}); starting it again ({attempt + 1} of "
+                  f"{KERNEL_START_TRIES})", file=sys.stderr, flush=True)
 
 
 def execute(name: str, out_dir: Path, parameters: dict[str, Any], files: tuple[dict[str, Path], dict[str, Path]]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nmtune_lib import batched_tuning
-from nmtune_lib.batched_tuning import StackedHeads, fit_heads
+from nmtune_lib.batched_tuning import HeadStack, StackedHeads, fit_heads
 from nmtune_lib.data import load_dataset
 from nmtune_lib.heads import LinearProbe, MLPHead
 from nmtune_lib.tuning import fit_head
@@ -49,7 +49,7 @@ def test_heads_trained_together_equal_the_heads_trained_one_by_one(cached, width
         for row, other in zip(fit.history, alone.history):
             assert {k: row[k] for k in row if k != "seconds"} == pytest.approx(
                 {k: other[k] for k in other if k != "seconds"}, nan_ok=True, rel=1e-6, abs=1e-7)
-        assert fit.mode == "cached" and fit.params["batched_with"] == len(MIXED)
+        assert fit.mode == "cached" and fit.params["batched_with"] == len(MIXED) and not fit.params["stacked"]
         assert not fit.head.training
     assert fits[0].accuracy(test, test_labels) > 0.2  # twice chance: the heads learn
 
@@ -82,6 +82,59 @@ def test_stacked_heads_run_every_head_on_the_same_features():
     for i, head in enumerate(heads):
         assert torch.equal(z[i], head.features(f)) and torch.equal(logits[i], head(f))
     assert list(stacked.parameters()) == [p for head in heads for p in head.parameters()]
+
+
+def test_stacked_heads_take_one_step_as_the_heads_alone(cached):
+    """One step over all 700 samples: the stacked heads' parameters and logits equal one by one's to rounding."""
+    views, labels, test, _ = cached
+    fits = fit_heads(views, labels, MIXED, epochs=1, batch_size=700, seed=2, stacked=True)
+    for head, fit in zip(MIXED, fits):
+        alone = fit_head(views, labels, epochs=1, batch_size=700, seed=2, **head)
+        assert fit.method == head["method"] and fit.params["stacked"] and not fit.head.training
+        for name, value in alone.head.state_dict().items():  # BatchNorm's running statistics too
+            torch.testing.assert_close(fit.head.state_dict()[name], value, rtol=1e-3, atol=1e-3, msg=name)
+        torch.testing.assert_close(fit.logits(test), alone.logits(test), rtol=1e-3, atol=1e-3)
+
+
+def test_stacked_heads_score_as_the_heads_alone(cached):
+    """Three epochs (33 steps): rounding grows, but the predictions stay those of the heads trained one by one."""
+    views, labels, test, test_labels = cached
+    fits = fit_heads(views, labels, MIXED, epochs=3, batch_size=64, seed=5, stacked=True)
+    for head, fit in zip(MIXED, fits):
+        alone = fit_head(views, labels, epochs=3, batch_size=64, seed=5, **head)
+        assert (fit.predict(test) == alone.predict(test)).float().mean() >= 0.99, head
+        assert fit.accuracy(test, test_labels) == pytest.approx(alone.accuracy(test, test_labels), abs=0.01)
+        assert fit.history[-1]["total"] == pytest.approx(alone.history[-1]["total"], rel=1e-4)
+
+
+def test_a_head_stack_runs_each_head_with_its_own_batch_statistics():
+    gen = torch.Generator().manual_seed(0)
+    heads = [MLPHead(6, 3, generator=gen) for _ in range(3)]
+    for i, head in enumerate(heads):  # distinct BatchNorm parameters and statistics per head
+        head.mlp[1].weight.data.mul_(i + 1)
+        head.mlp[1].running_mean.add_(i)
+    f = torch.randn(10, 6, generator=gen)
+    stack = HeadStack(heads)
+    for training in (True, False):
+        stack.train(training)
+        z, logits = stack.features(f), stack.classifier(stack.features(f))
+        for i, head in enumerate(heads):
+            head.train(training)
+            torch.testing.assert_close(z[i], head.features(f))
+            torch.testing.assert_close(logits[i], head(f))
+    for i, head in enumerate(heads):  # two train-mode passes each, on the same f: the same running statistics
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(stack, name)[i], getattr(head.mlp[1], name))
+    with torch.no_grad():
+        stack.params[0].add_(1.0)
+        stack.running_var.mul_(2.0)
+    stack.eval().unstack()  # the stack's values and mode back into the heads
+    for i, head in enumerate(heads):
+        assert not head.training and int(head.mlp[1].num_batches_tracked) == 2
+        torch.testing.assert_close(head.mlp[1].running_var, stack.running_var[i])
+        torch.testing.assert_close(dict(head.named_parameters())[stack.names[0]], stack.params[0][i])
+    with pytest.raises(ValueError, match="one kind and shape"):
+        HeadStack([heads[0], LinearProbe(6, 3, generator=gen)])
 
 
 @pytest.mark.parametrize("heads, kwargs, match", [

@@ -205,6 +205,34 @@ def test_a_marker_keys_the_overrides_by_content_so_the_order_of_set_flags_does_n
     assert is_done(marker, key({"ablation": False, "head_epochs": 3}), outputs) is None
 
 
+@pytest.mark.parametrize("errors, calls, raised", [
+    (["Kernel didn't respond in 60 seconds"], 2, None),  # a port drawn twice: started again, then runs
+    (["Kernel died before replying to kernel_info"] * 2, 3, None),
+    (["Kernel didn't respond in 60 seconds"] * 3, 3, "didn't respond"),  # KERNEL_START_TRIES, then the error
+    (["cell [3]: ValueError"], 1, "cell"),  # anything else (a failing cell): never started again
+])
+def test_a_kernel_that_does_not_start_is_started_again(tmp_path, monkeypatch, capsys, errors, calls, raised):
+    import papermill
+
+    from nmtune_lib import sweep
+
+    left, seen = list(errors), []
+
+    def fake_execute(*args, **kwargs):
+        seen.append(kwargs["kernel_name"])
+        if left:
+            raise RuntimeError(left.pop(0))
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    if raised:
+        with pytest.raises(RuntimeError, match=raised):
+            sweep.execute_notebook("01_noise_injection", tmp_path / "out.ipynb", {})
+    else:
+        sweep.execute_notebook("01_noise_injection", tmp_path / "out.ipynb", {})
+    assert len(seen) == calls
+    assert capsys.readouterr().err.count("the kernel did not start") == calls - 1  # one line per new start
+
+
 def test_a_flipped_byte_in_cached_features_is_caught_and_the_result_is_unchanged(copied_root):
     run = copied_root / "smoke" / "fashion_mnist" / SMOKE_RUNS[1]
     clean = xr.load_dataset(run / "transfer.nc", engine="h5netcdf")
