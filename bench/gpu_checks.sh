@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of the study, as one script. Each step is bounded by its own timeout; pick steps to fit the time
-# a device lends (the default: all; their limits add up to 23 minutes). Results: bench/gpu_results/ (H100, the first
+# a device lends (the default: all; their limits add up to 24 minutes). Results: bench/gpu_results/ (H100, the first
 # four steps) and bench/gpu_results/h200/ (head_batched, default_grid, clip_epoch).
 #   pretrain_throughput  pre-training step, in-memory vs DataLoader
 #   gpu_epoch            one `gpu`-preset epoch (ResNet-18, torch.compile)
@@ -35,7 +35,7 @@ step torchrun_epoch 100 torchrun --standalone --nproc_per_node=1 -m nmtune_lib.p
   --noise-ratio 0.0 --seed 0 --set epochs=1 compile=false --run-root "$OUT/runs_ddp" --no-progress
 step head_tuning 120 $PY bench/head_tuning.py --device cuda --views 4 --epochs 10 --out "$OUT/head_tuning.json"
 step head_profile 90 $PY bench/head_step_profile.py --device cuda --heads 8 --out "$OUT/head_profile.json"
-step svd_routes 60 $PY bench/svd_routes.py --device cuda --out "$OUT/svd_routes.json"
+step svd_routes 90 $PY bench/svd_routes.py --device cuda --out "$OUT/svd_routes.json"
 step head_batched 150 $PY bench/head_tuning.py --quick --device cuda --json "$OUT/head_batched.json"
 step default_grid 300 $PY -m nmtune_lib.sweep sweep --preset default --set device=cuda --jobs "${GRID_JOBS:-8}" \
   --run-root "$OUT/grid"

@@ -65,8 +65,12 @@ def test_eval_features_train_linear_probes_on_one_view(cached):
     views, labels, test, _ = cached
     features = views[:, 0]
     fits = fit_heads(features, labels, [dict(method="lp"), dict(method="lp", lr=1e-3)], epochs=2, seed=3)
-    for fit, lr in zip(fits, (1e-2, 1e-3)):
-        assert fit.mode == "eval" and _same(fit, fit_head(features, labels, method="lp", lr=lr, epochs=2, seed=3))
+    stacked = fit_heads(features, labels, [dict(method="lp"), dict(method="lp", lr=1e-3)], epochs=2, seed=3,
+                        stacked=True)
+    for fit, stacked_fit, lr in zip(fits, stacked, (1e-2, 1e-3)):
+        alone = fit_head(features, labels, method="lp", lr=lr, epochs=2, seed=3)
+        assert fit.mode == "eval" and _same(fit, alone)
+        torch.testing.assert_close(stacked_fit.logits(features), alone.logits(features), rtol=1e-4, atol=1e-4)
     views_of_features = fit_heads(features, labels, [dict(method="nmtune"), dict(method="mlp")], epochs=2, seed=3)
     assert views_of_features[0].mode == "features"
     assert _same(views_of_features[1], fit_head(features, labels, method="mlp", epochs=2, seed=3))
