@@ -111,6 +111,8 @@ bench: setup data
 	$(PY) bench/pretrain_throughput.py
 	$(PY) bench/spectrum_speed.py
 	$(PY) bench/head_tuning.py
+	$(PY) bench/head_step_profile.py --out bench/results/head_step_profile.json
+	$(PY) bench/svd_routes.py --out bench/results/svd_routes.json
 
 # Re-resolve the environment from pyproject.toml alone, in a scratch venv, and pin the result.
 lock:
