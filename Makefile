@@ -87,10 +87,12 @@ PROBE_no_brightness := --set 'caption_attributes=["size", "shape"]'
 PROBE_brightness := --set 'caption_attributes=["brightness"]'
 PROBE_class_uncropped := $(PROBE_class) $(UNCROPPED)
 # The view probe: supervised pre-training (default preset), all three heads, every task of the default suite, with
-# the reference's views (cropped) and without their crop (uncropped); claim 4's decomposition.csv is kept too.
-VIEW_PROBES := cropped uncropped
+# the reference's views (cropped) and without their crop (uncropped); claim 4's decomposition.csv is kept too. zoom:
+# the crop's scale without its aspect ratio (ratio fixed at 1), on digits_shift alone, where the crop helps.
+VIEW_PROBES := cropped uncropped zoom
 VIEWS_cropped :=
 VIEWS_uncropped := $(UNCROPPED)
+VIEWS_zoom := --set 'view_crop_ratio=[1, 1]' --set 'tasks=["digits_shift"]'
 # $(call probe,RUN ROOT NAME,PRESET AND HEADS,SETTINGS,REPORT FOLDER)
 define probe
 	$(VENV)/bin/nmtune sweep $(2) $(PROBE_GRID) $(3) --run-root runs/probe_$(1)
