@@ -85,8 +85,9 @@ class StackedHeads(nn.Module):
 
 class HeadStack(nn.Module):
     """H heads of one kind (all ``MLPHead`` or all ``LinearProbe``, of one shape) as one module: each parameter
-    and BatchNorm buffer stacked along a leading head dimension, every layer one batched product (``baddbmm``) and
-    BatchNorm one ``F.batch_norm`` over the H·eD channels (per-head statistics). Starts as copies of the heads;
+    and BatchNorm buffer stacked along a leading head dimension, the first layer one product on the shared f, the
+    others batched products (``baddbmm``), BatchNorm one ``F.batch_norm`` over the H·eD channels (per-head
+    statistics). Starts as copies of the heads (which it does not register: its parameters are the stacked ones);
     ``unstack`` writes the trained values back."""
 
     def __init__(self, heads: Sequence[nn.Module]):
@@ -98,8 +99,10 @@ class HeadStack(nn.Module):
         self.names = [name for name, _ in heads[0].named_parameters()]
         self.params = nn.ParameterList(nn.Parameter(torch.stack([dict(h.named_parameters())[name].detach()
                                                                  for h in heads])) for name in self.names)
-        self.bn = heads[0].mlp[1] if isinstance(heads[0], MLPHead) else None
-        if self.bn is not None:
+        self.mlp = isinstance(heads[0], MLPHead)
+        if self.mlp:
+            bn = heads[0].mlp[1]
+            self.bn_momentum, self.bn_eps = bn.momentum, bn.eps
             for name in ("running_mean", "running_var", "num_batches_tracked"):
                 self.register_buffer(name, torch.stack([getattr(h.mlp[1], name) for h in heads]))
 
@@ -108,7 +111,7 @@ class HeadStack(nn.Module):
 
     def features(self, f: torch.Tensor) -> torch.Tensor:
         h, n = len(self.heads), f.shape[-2]
-        if self.bn is None:
+        if not self.mlp:
             return f.expand(h, *f.shape[-2:])
         # f is shared: the first layers of all heads are one product, n×(H·eD), the channels BatchNorm wants
         w1 = self._param("mlp.0.weight")
@@ -116,7 +119,7 @@ class HeadStack(nn.Module):
         if self.training:
             self.num_batches_tracked += 1
         x = F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self._param("mlp.1.weight").view(-1),
-                         self._param("mlp.1.bias").view(-1), self.training, self.bn.momentum, self.bn.eps)
+                         self._param("mlp.1.bias").view(-1), self.training, self.bn_momentum, self.bn_eps)
         x = torch.baddbmm(self._param("mlp.3.bias").unsqueeze(1), x.view(n, h, -1).transpose(0, 1).relu(),
                           self._param("mlp.3.weight").transpose(1, 2))
         return self._param("scale").unsqueeze(1) * x + f
@@ -131,7 +134,7 @@ class HeadStack(nn.Module):
                 own = dict(head.named_parameters())
                 for name, value in zip(self.names, self.params):
                     own[name].copy_(value[i])
-                if self.bn is not None:
+                if self.mlp:
                     for name in ("running_mean", "running_var", "num_batches_tracked"):
                         getattr(head.mlp[1], name).copy_(getattr(self, name)[i])
                 head.train(self.training)

@@ -119,6 +119,7 @@ def test_a_head_stack_runs_each_head_with_its_own_batch_statistics():
         head.mlp[1].running_mean.add_(i)
     f = torch.randn(10, 6, generator=gen)
     stack = HeadStack(heads)
+    assert [p.shape[0] for p in stack.parameters()] == [3] * len(stack.names)  # the stacked ones, nothing else
     for training in (True, False):
         stack.train(training)
         z, logits = stack.features(f), stack.classifier(stack.features(f))
