@@ -13,7 +13,8 @@
 #   streamed             folder data streamed through DataLoader workers on CUDA (bf16, channels_last)
 #   clip_epoch           one `clip`-preset epoch on CUDA (bf16 autocast, AdamW, the towers)
 # Usage: bash bench/gpu_checks.sh OUT_DIR [STEP ...]   (NMTUNE_DATA must hold the Fashion-MNIST idx .gz files)
-# A step's time limit can be changed with LIMIT_<step>=SECONDS; the default grid's workers with GRID_JOBS (default 8).
+# A step's time limit can be changed with LIMIT_<step>=SECONDS; the default grid's workers with GRID_JOBS (default 8);
+# SVD_DRIVER=gesvda (or gesvd, gesvdj) makes head_profile, head_batched and default_grid use that cuSOLVER driver.
 set -u
 OUT=${1:-bench/results/gpu}
 shift || true
@@ -34,10 +35,10 @@ step gpu_epoch 180 $PY -m nmtune_lib.pretrain --preset gpu --noise-ratio 0.1 --s
 step torchrun_epoch 100 torchrun --standalone --nproc_per_node=1 -m nmtune_lib.pretrain --preset gpu \
   --noise-ratio 0.0 --seed 0 --set epochs=1 compile=false --run-root "$OUT/runs_ddp" --no-progress
 step head_tuning 120 $PY bench/head_tuning.py --device cuda --views 4 --epochs 10 --out "$OUT/head_tuning.json"
-step head_profile 90 $PY bench/head_step_profile.py --device cuda --heads 8 --out "$OUT/head_profile.json"
+step head_profile 90 $PY bench/head_step_profile.py --device cuda --heads 8 --svd-driver "${SVD_DRIVER:-}" --out "$OUT/head_profile.json"
 step svd_routes 90 $PY bench/svd_routes.py --device cuda --out "$OUT/svd_routes.json"
-step head_batched 150 $PY bench/head_tuning.py --quick --device cuda --json "$OUT/head_batched.json"
-step default_grid 300 $PY -m nmtune_lib.sweep sweep --preset default --set device=cuda --jobs "${GRID_JOBS:-8}" \
+step head_batched 150 $PY bench/head_tuning.py --quick --device cuda --svd-driver "${SVD_DRIVER:-}" --json "$OUT/head_batched.json"
+step default_grid 300 $PY -m nmtune_lib.sweep sweep --preset default --set device=cuda --set "svd_driver=${SVD_DRIVER:-}" --jobs "${GRID_JOBS:-8}" \
   --run-root "$OUT/grid"
 if wanted default_grid; then  # the study folder's tables: timing.csv (written after every run), config.yaml, claims
   mkdir -p "$OUT/default_grid"

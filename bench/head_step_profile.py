@@ -42,20 +42,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fit_seconds(features, labels, heads: int, stacked: bool, device, epochs: int) -> float:
+def fit_seconds(features, labels, heads: int, stacked: bool, device, epochs: int, svd_driver: str = "") -> float:
     sync(device)
     start = time.perf_counter()
-    fit_heads(features, labels, [dict(method="nmtune")] * heads, epochs=epochs, device=device, stacked=stacked)
+    fit_heads(features, labels, [dict(method="nmtune")] * heads, epochs=epochs, device=device, stacked=stacked,
+              svd_driver=svd_driver)
     sync(device)
     return time.perf_counter() - start
 
 
-def profile_table(features, labels, heads: int, stacked: bool, device, rows: int = 12) -> dict:
+def profile_table(features, labels, heads: int, stacked: bool, device, rows: int = 12, svd_driver: str = "") -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        fit_heads(features, labels, [dict(method="nmtune")] * heads, epochs=1, device=device, stacked=stacked)
+        fit_heads(features, labels, [dict(method="nmtune")] * heads, epochs=1, device=device, stacked=stacked,
+                  svd_driver=svd_driver)
         sync(device)
     events = prof.key_averages()
     device_time = (lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)))
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samples", type=int, default=2048, help="training images N (32 steps an epoch at batch 64)")
     p.add_argument("--epochs", type=int, default=3, help="epochs of each timed fit")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--svd-driver", default="", help="cuSOLVER's SVD driver on CUDA (fit_heads' svd_driver)")
     p.add_argument("--out", default=None, help="JSON file for the result")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -84,12 +87,13 @@ def main(argv: list[str] | None = None) -> dict:
     labels = torch.randint(10, (args.samples,), generator=gen)
     steps = args.epochs * math.ceil(args.samples / BATCH_SIZE)
     result = {"device": str(device), "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "heads": args.heads, "width": args.width, "steps": steps, "modes": {}}
+              "torch": torch.__version__, "heads": args.heads, "width": args.width, "steps": steps,
+              "svd_driver": args.svd_driver, "modes": {}}
     for mode, (heads, stacked) in MODES.items():
         heads = heads or args.heads
-        fit_seconds(features, labels, heads, stacked, device, 1)  # warm-up: allocator, kernels, libraries
-        seconds = fit_seconds(features, labels, heads, stacked, device, args.epochs)
-        table = profile_table(features, labels, heads, stacked, device)
+        fit_seconds(features, labels, heads, stacked, device, 1, args.svd_driver)  # warm-up: allocator, kernels
+        seconds = fit_seconds(features, labels, heads, stacked, device, args.epochs, args.svd_driver)
+        table = profile_table(features, labels, heads, stacked, device, svd_driver=args.svd_driver)
         result["modes"][mode] = {"heads": heads, "ms_per_step": 1e3 * seconds / steps,
                                  "ms_per_head_step": 1e3 * seconds / steps / heads, "profile": table}
         print(f"{mode:>8}: {heads} head(s), {1e3 * seconds / steps:.2f} ms/step, "

@@ -106,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="a few minutes: 3 head epochs, K=4, one seed, 150 warm-up steps (explicit flags still win)")
     p.add_argument("--skip-batched", action="store_true", help="leave out the batched vs one-by-one comparison")
+    p.add_argument("--svd-driver", default="", help="cuSOLVER's SVD driver for the batched comparison on CUDA "
+                   "(config svd_driver; default: PyTorch's)")
     args = p.parse_args(argv)
     if args.quick:
         given = set(argv if argv is not None else sys.argv[1:])
@@ -197,7 +199,8 @@ def batched_vs_one_by_one(backbone, train, test, args, device) -> dict:
     task = Task(args.dataset, "id", train, {IN_DOMAIN: test}, flip=False)  # digit tasks: no mirrored views
     config = StudyConfig.from_preset("default", head_epochs=args.epochs, ablation_task=task.name,
                                      robustness=[f"head_epochs={max(1, args.epochs // 3)}", "views=8"],
-                                     run_root=tempfile.mkdtemp(prefix="nmtune-bench-"), progress=False)
+                                     run_root=tempfile.mkdtemp(prefix="nmtune-bench-"), progress=False,
+                                     svd_driver=args.svd_driver)
     run = Run.of(config, 0.0, int(args.seeds.split(",")[0]))
     out = {}
     for mode, batched, stacked in (("one_by_one", False, None), ("batched", True, False), ("stacked", True, True)):
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
         "task": {"dataset": args.dataset, "train": len(train), "test": len(test), "classes": train.num_classes},
         "backbone": {"name": args.backbone, "num_features": backbone.num_features, **warmup},
         "epochs": args.epochs, "batch_size": args.batch_size, "steps": steps, "seeds": seeds,
-        "device": str(device), "threads": args.threads, "eval_features_seconds": eval_seconds,
+        "device": str(device), "svd_driver": args.svd_driver, "threads": args.threads, "eval_features_seconds": eval_seconds,
         "online_accuracy_mean": statistics.fmean(r["accuracy"] for r in online_rows),
         "summary": summary, "runs": runs, "target": {"ratio": TARGET_RATIO, "accuracy_points": TARGET_ACC_POINTS},
         "per_step_ms": {"online": 1000 * statistics.fmean(r["fit_seconds"] for r in online_rows) / steps,

@@ -143,7 +143,7 @@ class HeadStack(nn.Module):
 def fit_heads(views, labels, heads: Sequence[Mapping[str, Any]], *, num_classes: int | None = None,
               epochs: int = ref.EPOCHS, batch_size: int = ref.BATCH_SIZE, weight_decay: float = ref.WEIGHT_DECAY,
               feature_noise: float = 0.0, seed: int = 0, device: str | torch.device = "cpu",
-              progress: bool = False, stacked: bool | None = None) -> list[HeadFit]:
+              progress: bool = False, stacked: bool | None = None, svd_driver: str = "") -> list[HeadFit]:
     """Train the heads ``heads`` on ``views``/``labels`` together, as ``fit_head`` would train each one with the
     same seed, and return one ``HeadFit`` per head, in order.
 
@@ -152,6 +152,7 @@ def fit_heads(views, labels, heads: Sequence[Mapping[str, Any]], *, num_classes:
         weights to 0. The heads share everything else (the keywords here, as in ``fit_head``). With eval features
         N×D every head must be ``lp`` (single view) or none (views from the features); the svd_top_k of the heads
         that use the SVD term must agree.
+    svd_driver: cuSOLVER's driver of the dominant-singular-value term on CUDA (as in ``fit_head``), for every head.
     stacked: stack the parameters of the heads of one kind and learning rate (``HeadStack``: a few batched kernels
         per step whatever the number of heads) instead of running each head's own layers; None (default): on CUDA,
         where a head's step is launch overhead, not arithmetic. Stacked heads equal the heads trained one by one to
@@ -171,7 +172,8 @@ def fit_heads(views, labels, heads: Sequence[Mapping[str, Any]], *, num_classes:
     num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
     for h in heads:
         _check_hyperparameters(n=n, num_features=num_features, num_classes=num_classes, labels=labels, epochs=epochs,
-                               batch_size=batch_size, weight_decay=weight_decay, feature_noise=feature_noise, **h)
+                               batch_size=batch_size, weight_decay=weight_decay, feature_noise=feature_noise,
+                               svd_driver=svd_driver, **h)
     svd_k = {h["svd_top_k"] for h in heads if h["w_svd"]}
     if len(svd_k) > 1:
         raise ValueError(f"svd_top_k differs between the heads that use the SVD term ({sorted(svd_k)}); accepted: "
@@ -197,7 +199,7 @@ def fit_heads(views, labels, heads: Sequence[Mapping[str, Any]], *, num_classes:
     weights = {w: torch.tensor([h[w] for h in heads], device=device) for w in ("w_mse", "w_cov", "w_svd")}
     step_loss = (partial(_eval_step_loss, stacked, source) if mode == "eval" else
                  partial(_two_view_step_loss, stacked, source, view_gen, svd_top_k=min(svd_k or {ref.SVD_TOP_K}),
-                         **weights))
+                         svd_driver=svd_driver, **weights))
     train = partial(_epoch, stacked, optimizer, step_loss, labels.to(device), order_gen, batch_size=batch_size,
                     total_steps=epochs * math.ceil(n / batch_size))
     history, seconds = train_epochs(stacked, train, desc=f"{len(heads)} heads ({mode})", epochs=epochs,
@@ -206,7 +208,7 @@ def fit_heads(views, labels, heads: Sequence[Mapping[str, Any]], *, num_classes:
     common = dict(mode=mode, num_classes=num_classes, num_features=num_features, n=n, epochs=epochs,
                   batch_size=batch_size, weight_decay=weight_decay, feature_noise=feature_noise, seed=seed,
                   device=str(device), views=int(source.features.shape[1]) if mode == "cached" else None,
-                  batched_with=len(heads), stacked=stack)
+                  batched_with=len(heads), stacked=stack, svd_driver=svd_driver)
     fits = [HeadFit(module, head["method"], mode, _head_history(history, i, group_of[i], len(rates)),
                     {**common, **head}, seconds / len(heads), device)
             for i, (module, head) in enumerate(zip(modules, heads))]

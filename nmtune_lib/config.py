@@ -96,6 +96,7 @@ class StudyConfig:
     w_cov: float = ref.W_COV  # covariance weight
     w_svd: float = ref.W_SVD  # dominant-singular-value weight
     svd_top_k: int = ref.SVD_TOP_K
+    svd_driver: str = ""  # CUDA only: cuSOLVER's driver of that SVD (reference.CUDA_SVD_DRIVERS); "" = PyTorch's
     views: int = 4  # K augmented views cached per training image ("cached" mode)
     view_crop_scale: tuple[float, ...] = ref.VIEW_CROP_SCALE  # random-resized-crop area range of views
     view_crop_ratio: tuple[float, ...] = ref.VIEW_CROP_RATIO  # its aspect-ratio range (torchvision's default)
@@ -374,6 +375,8 @@ def _check_values(cfg: StudyConfig) -> None:
          f"a non-empty list drawn from {', '.join(METHODS)}")
     need(cfg.views >= 2, "views", "an integer >= 2 (NMTune draws two different views per step)")
     need(cfg.head_mode in HEAD_MODES, "head_mode", f"one of {', '.join(HEAD_MODES)}")
+    need(cfg.svd_driver in ("", *ref.CUDA_SVD_DRIVERS), "svd_driver",
+         f"'' (PyTorch's default) or one of {', '.join(ref.CUDA_SVD_DRIVERS)} (used on CUDA only)")
     need(len(cfg.protocols) > 0 and all(p in PROTOCOLS for p in cfg.protocols)
          and len(set(cfg.protocols)) == len(cfg.protocols), "protocols",
          f"a non-empty list of distinct names from {', '.join(PROTOCOLS)}")

@@ -36,7 +36,7 @@ class NMTuneClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, method: str = "nmtune", *, epochs: int = ref.EPOCHS, batch_size: int = ref.BATCH_SIZE,
                  lr: float | None = None, weight_decay: float = ref.WEIGHT_DECAY, w_mse: float = ref.W_MSE,
                  w_cov: float = ref.W_COV, w_svd: float = ref.W_SVD, svd_top_k: int = ref.SVD_TOP_K,
-                 feature_noise: float = 0.0, random_state: int | np.random.RandomState | None = None,
+                 svd_driver: str = "", feature_noise: float = 0.0, random_state: int | np.random.RandomState | None = None,
                  device: str = "cpu", progress: bool = False):
         self.method = method
         self.epochs = epochs
@@ -47,6 +47,7 @@ class NMTuneClassifier(ClassifierMixin, BaseEstimator):
         self.w_cov = w_cov
         self.w_svd = w_svd
         self.svd_top_k = svd_top_k
+        self.svd_driver = svd_driver
         self.feature_noise = feature_noise
         self.random_state = random_state
         self.device = device
@@ -71,7 +72,8 @@ class NMTuneClassifier(ClassifierMixin, BaseEstimator):
         fit = fit_head(torch.tensor(X, dtype=torch.float32), torch.as_tensor(y_index, dtype=torch.int64),
                        method=self.method, num_classes=len(classes), epochs=self.epochs, batch_size=self.batch_size,
                        lr=self.lr, weight_decay=self.weight_decay, w_mse=self.w_mse, w_cov=self.w_cov,
-                       w_svd=self.w_svd, svd_top_k=self.svd_top_k, feature_noise=self.feature_noise,
+                       w_svd=self.w_svd, svd_top_k=self.svd_top_k, svd_driver=self.svd_driver,
+                       feature_noise=self.feature_noise,
                        seed=self._seed(), device=self.device, progress=self.progress)
         self.classes_ = classes
         self.head_ = fit.head if fit.device.type == "mps" else fit.head.double()  # MPS has no float64

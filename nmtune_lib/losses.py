@@ -69,7 +69,8 @@ def covariance_loss(z: torch.Tensor) -> torch.Tensor:
         return off_diagonal(cov).pow(2).sum(dim=-1) / d
 
 
-def dominant_singular_value_loss(z: torch.Tensor, k: int = ref.SVD_TOP_K, *, eps: float = 1e-12) -> torch.Tensor:
+def dominant_singular_value_loss(z: torch.Tensor, k: int = ref.SVD_TOP_K, *, eps: float = 1e-12,
+                                  driver: str = "") -> torch.Tensor:
     """L_svd = −(1/k) Σ_{i≤k} σ_i / Σ_j σ_j: minus the mean of the top-k normalised singular values of z.
 
     z: n×D (or H×n×D, one SVD per head), *uncentred* (n = 2B rows of both views); σ_1 ≥ σ_2 ≥ … are its min(n, D)
@@ -77,26 +78,29 @@ def dominant_singular_value_loss(z: torch.Tensor, k: int = ref.SVD_TOP_K, *, eps
     top-k share lowers the loss. The SVD runs in float32 with autocast off (batched over heads: one LAPACK call per
     head, so a head's value does not depend on the others), and only the singular values are differentiated
     (``svdvals``), whose gradient U·diag(g)·Vᵀ stays finite when singular values repeat or vanish (rank-deficient
-    batches); ``eps`` keeps the normalisation finite for an all-zero z. Returns a float32 scalar (H values).
+    batches); ``eps`` keeps the normalisation finite for an all-zero z. ``driver``: cuSOLVER's SVD driver on CUDA
+    (``reference.CUDA_SVD_DRIVERS``; "" PyTorch's default), ignored on the CPU (LAPACK). Returns a float32 scalar
+    (H values).
     """
     bound = min(z.shape[-2:])
     if not 1 <= k <= bound:
         raise ValueError(f"dominant_singular_value_loss: k={k} is outside the accepted range [1, {bound}] "
                          f"(min(n, D) singular values for z of shape {tuple(z.shape)})")
     with _full_precision(z):
-        sv = torch.linalg.svdvals(z.float())
+        sv = torch.linalg.svdvals(z.float(), driver=(driver or None) if z.is_cuda else None)
         share = sv / sv.sum(dim=-1, keepdim=True).clamp_min(eps)
         return -share[..., :k].mean(dim=-1)
 
 
 def nmtune_loss(logits: torch.Tensor, labels: torch.Tensor, z: torch.Tensor, f: torch.Tensor, *,
                 w_mse: float | torch.Tensor = ref.W_MSE, w_cov: float | torch.Tensor = ref.W_COV,
-                w_svd: float | torch.Tensor = ref.W_SVD, k: int = ref.SVD_TOP_K,
-                skip_zero: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                w_svd: float | torch.Tensor = ref.W_SVD, k: int = ref.SVD_TOP_K, skip_zero: bool = True,
+                svd_driver: str = "") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The NMTune objective ``ce + w_mse·consistency + w_cov·covariance + w_svd·dominant_sv`` and its parts.
 
     One head: logits 2B×C and z, f 2B×D, rows ordered ``[view w; view s]``; labels B (repeated for both views) or
-    2B. L_ce is the cross-entropy over the logits of both views. ``skip_zero`` skips a term whose weight is 0 (the
+    2B. L_ce is the cross-entropy over the logits of both views (``svd_driver``: see
+    ``dominant_singular_value_loss``). ``skip_zero`` skips a term whose weight is 0 (the
     MLP baseline pays for no SVD); its part is then reported as NaN ("not computed"), never 0.
     Returns ``(total, parts)``, parts a dict over ``PARTS`` of detached scalars.
 
@@ -106,7 +110,7 @@ def nmtune_loss(logits: torch.Tensor, labels: torch.Tensor, z: torch.Tensor, f: 
     """
     if z.ndim == 2:
         total, parts = nmtune_loss(logits[None], labels, z[None], f, w_mse=w_mse, w_cov=w_cov, w_svd=w_svd, k=k,
-                                   skip_zero=skip_zero)
+                                   skip_zero=skip_zero, svd_driver=svd_driver)
         return total[0], {name: value[0] for name, value in parts.items()}
     heads, n = z.shape[:2]
     if n % 2 or z.shape[-2:] != f.shape[-2:] or logits.shape[:2] != z.shape[:2]:
@@ -122,7 +126,7 @@ def nmtune_loss(logits: torch.Tensor, labels: torch.Tensor, z: torch.Tensor, f: 
     f_w = f[..., :b, :]
     terms = {"consistency": (w_mse, lambda zz, ff: consistency_loss(zz[:, b:], ff)),  # view s to frozen view w
              "covariance": (w_cov, lambda zz, ff: covariance_loss(zz)),
-             "dominant_sv": (w_svd, lambda zz, ff: dominant_singular_value_loss(zz, k))}
+             "dominant_sv": (w_svd, lambda zz, ff: dominant_singular_value_loss(zz, k, driver=svd_driver))}
     total, parts = ce, {"ce": ce}
     for name, (weight, term) in terms.items():
         weight = torch.as_tensor(weight, dtype=torch.float32, device=z.device).expand(heads)

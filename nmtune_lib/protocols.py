@@ -41,18 +41,19 @@ class HeadSpec:
     w_cov: float = 0.0
     w_svd: float = 0.0
     svd_top_k: int = 5
+    svd_driver: str = ""  # cuSOLVER's SVD driver on CUDA ("" = PyTorch's)
 
     def fit_kwargs(self) -> dict[str, Any]:
         return dict(method=self.method, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
                     weight_decay=self.weight_decay, w_mse=self.w_mse, w_cov=self.w_cov, w_svd=self.w_svd,
-                    svd_top_k=self.svd_top_k)
+                    svd_top_k=self.svd_top_k, svd_driver=self.svd_driver)
 
 
 def head_spec(config, method: str, *, inputs: str | None = None, lr: float | None = None) -> HeadSpec:
     """The spec of ``method`` (lp, mlp, nmtune or an ablation name) from the config, as the reference code trains
     it unless ``inputs``/``lr`` say otherwise."""
     base = dict(epochs=config.head_epochs, batch_size=config.head_batch_size, weight_decay=config.head_weight_decay,
-                svd_top_k=config.svd_top_k)
+                svd_top_k=config.svd_top_k, svd_driver=config.svd_driver)
     if method == "lp":
         return HeadSpec("lp", config.lp_lr if lr is None else lr, inputs or "eval", **base)
     weights = dict(w_mse=config.w_mse, w_cov=config.w_cov, w_svd=config.w_svd)

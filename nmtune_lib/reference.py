@@ -29,6 +29,12 @@ SCALE_INIT = 1.0
 VIEW_CROP_SCALE = (0.8, 1.0)
 VIEW_CROP_RATIO = (3 / 4, 4 / 3)
 
+# Not the reference's: cuSOLVER's SVD drivers for the dominant-singular-value term on CUDA (``torch.linalg.svdvals``'s
+# ``driver``; config ``svd_driver``, "" = PyTorch's choice, gesvdj). On an H200 gesvda took 1.5 ms for 30 128×128
+# matrices where the default took 81 ms (bench/svd_routes.py); its accuracy on ill-conditioned matrices is not
+# measured yet, so the default stays PyTorch's.
+CUDA_SVD_DRIVERS = ("gesvd", "gesvdj", "gesvda")
+
 def default_lr(method: str) -> float:
     """The reference learning rate of a head: ``LP_LR`` for ``lp``, ``MLP_LR`` for the MLP heads."""
     return LP_LR if method == "lp" else MLP_LR

@@ -91,7 +91,7 @@ class _TaskHeads:
         for config, spec, index, name in requests:
             key = self._key(config, spec, index)
             if key not in self.fitted:
-                batch = (key[0], key[2], spec.epochs, spec.batch_size, spec.weight_decay)
+                batch = (key[0], key[2], spec.epochs, spec.batch_size, spec.weight_decay, spec.svd_driver)
                 batches.setdefault(batch, {}).setdefault(key, (config, spec, index, name))
         for members in batches.values():
             config, spec, index, _ = next(iter(members.values()))
@@ -105,7 +105,8 @@ class _TaskHeads:
             if self.batched:
                 fits = fit_heads(source, labels, [{k: v for k, v in s.fit_kwargs().items() if k in HEAD_KEYS}
                                                   for _, s, _, _ in members.values()], epochs=spec.epochs,
-                                 batch_size=spec.batch_size, weight_decay=spec.weight_decay, **common)
+                                 batch_size=spec.batch_size, weight_decay=spec.weight_decay,
+                                 svd_driver=spec.svd_driver, **common)
             else:
                 fits = [fit_head(source, labels, **s.fit_kwargs(), **common) for _, s, _, _ in members.values()]
             self.fitted.update(zip(members, fits))

@@ -76,7 +76,7 @@ def fit_head(views: torch.Tensor | np.ndarray | ViewSource, labels: torch.Tensor
              method: str = "nmtune", num_classes: int | None = None, epochs: int = ref.EPOCHS,
              batch_size: int = ref.BATCH_SIZE, lr: float | None = None, weight_decay: float = ref.WEIGHT_DECAY,
              w_mse: float = ref.W_MSE, w_cov: float = ref.W_COV, w_svd: float = ref.W_SVD,
-             svd_top_k: int = ref.SVD_TOP_K, feature_noise: float = 0.0, seed: int = 0,
+             svd_top_k: int = ref.SVD_TOP_K, svd_driver: str = "", feature_noise: float = 0.0, seed: int = 0,
              device: str | torch.device = "cpu", progress: bool = False,
              log: Callable[[dict[str, float]], Any] | None = None,
              eval_features: torch.Tensor | None = None, eval_labels: torch.Tensor | None = None) -> HeadFit:
@@ -89,7 +89,8 @@ def fit_head(views: torch.Tensor | np.ndarray | ViewSource, labels: torch.Tensor
         ``reference.default_lr(method)``. ``lp`` on eval features N×D trains on one view with plain cross-entropy;
         on two-view inputs it takes the same two-view cross-entropy as ``mlp`` (z = f).
     svd_top_k: k of the dominant-singular-value term, in [1, min(2B, D)]; a shorter last batch of an epoch uses
-        min(k, 2b, D) (it has fewer singular values).
+        min(k, 2b, D) (it has fewer singular values). ``svd_driver``: cuSOLVER's driver of that term's SVD on CUDA
+        (``reference.CUDA_SVD_DRIVERS``; "" PyTorch's default); ignored on the CPU.
     seed: one integer fixes the head's initialisation, the batch order and the view draws (three independent
         generators, so the batch order is the same in every mode). ``log(row)`` is called after every epoch (e.g. to
         print one JSON line in batch runs); ``progress`` shows a tqdm bar over epochs.
@@ -107,10 +108,12 @@ def fit_head(views: torch.Tensor | np.ndarray | ViewSource, labels: torch.Tensor
     lr = ref.default_lr(method) if lr is None else float(lr)
     _check_hyperparameters(method=method, n=n, num_features=num_features, num_classes=num_classes, labels=labels,
                            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, w_mse=w_mse,
-                           w_cov=w_cov, w_svd=w_svd, svd_top_k=svd_top_k, feature_noise=feature_noise)
+                           w_cov=w_cov, w_svd=w_svd, svd_top_k=svd_top_k, feature_noise=feature_noise,
+                           svd_driver=svd_driver)
     params = dict(method=method, mode=mode, num_classes=num_classes, num_features=num_features, n=n, epochs=epochs,
                   batch_size=batch_size, lr=lr, weight_decay=weight_decay, w_mse=w_mse, w_cov=w_cov, w_svd=w_svd,
-                  svd_top_k=svd_top_k, feature_noise=feature_noise, seed=seed, device=str(device),
+                  svd_top_k=svd_top_k, svd_driver=svd_driver, feature_noise=feature_noise, seed=seed,
+                  device=str(device),
                   views=int(source.features.shape[1]) if mode == "cached" else None)
 
     init_gen, order_gen, view_gen = head_generators(seed)
@@ -118,7 +121,7 @@ def fit_head(views: torch.Tensor | np.ndarray | ViewSource, labels: torch.Tensor
     optimizer = adamw([{"params": list(head.parameters()), "lr": lr}], weight_decay=weight_decay, device=device)
     step_loss = (partial(_eval_step_loss, head, source) if mode == "eval" else
                  partial(_two_view_step_loss, head, source, view_gen, w_mse=w_mse, w_cov=w_cov, w_svd=w_svd,
-                         svd_top_k=svd_top_k))
+                         svd_top_k=svd_top_k, svd_driver=svd_driver))
     train = partial(_epoch, head, optimizer, step_loss, labels.to(device), order_gen, batch_size=batch_size,
                     total_steps=epochs * math.ceil(n / batch_size))
     history, seconds = train_epochs(head, train, desc=f"{method} head ({mode})", epochs=epochs, device=device,
@@ -220,8 +223,8 @@ def _eval_step_loss(head: nn.Module, features: torch.Tensor, index: torch.Tensor
 
 
 def _two_view_step_loss(head: nn.Module, source: ViewSource, generator: torch.Generator, index: torch.Tensor,
-                        y: torch.Tensor, *, w_mse: float, w_cov: float, w_svd: float,
-                        svd_top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                        y: torch.Tensor, *, w_mse: float, w_cov: float, w_svd: float, svd_top_k: int,
+                        svd_driver: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two views of the B images ``index`` from ``source``, stacked as 2B rows ``[view w; view s]``: ``nmtune_loss``
     on the head's z and logits (cross-entropy over both views when every weight is 0)."""
     f_w, f_s = source(index, generator)
@@ -229,7 +232,8 @@ def _two_view_step_loss(head: nn.Module, source: ViewSource, generator: torch.Ge
     z = head.features(f)
     logits = head.classifier(z)
     k = min(svd_top_k, *z.shape[-2:])  # a short last batch has fewer singular values
-    loss, part_dict = nmtune_loss(logits, y, z, f, w_mse=w_mse, w_cov=w_cov, w_svd=w_svd, k=k)
+    loss, part_dict = nmtune_loss(logits, y, z, f, w_mse=w_mse, w_cov=w_cov, w_svd=w_svd, k=k,
+                                  svd_driver=svd_driver)
     return loss, torch.stack([part_dict[name] for name in PARTS]), logits, y.repeat(2)
 
 
@@ -283,7 +287,7 @@ def _check_lengths(n_features: int, n_labels: int) -> None:
 
 def _check_hyperparameters(*, method: str, n: int, num_features: int, num_classes: int, labels: torch.Tensor,
                            epochs: int, batch_size: int, lr: float, weight_decay: float, w_mse: float, w_cov: float,
-                           w_svd: float, svd_top_k: int, feature_noise: float) -> None:
+                           w_svd: float, svd_top_k: int, feature_noise: float, svd_driver: str = "") -> None:
     """Every check that can fail before training, each naming the value and the accepted range."""
     if n == 0 or num_features == 0:
         raise ValueError(f"features have {n} sample(s) and n_features={num_features}; accepted: at least 1 of each")
@@ -302,6 +306,9 @@ def _check_hyperparameters(*, method: str, n: int, num_features: int, num_classe
                         ("feature_noise", feature_noise)):
         if not (isinstance(value, numbers.Real) and value >= 0 and math.isfinite(value)):
             raise ValueError(f"{name}={value!r}; accepted: a finite float >= 0")
+    if svd_driver not in ("", *ref.CUDA_SVD_DRIVERS):
+        raise ValueError(f"svd_driver={svd_driver!r}; accepted: '' (PyTorch's default) or one of "
+                         f"{', '.join(ref.CUDA_SVD_DRIVERS)}")
     if method == "nmtune" and w_svd != 0:
         b = min(batch_size, n)
         bound = min(2 * b, num_features)

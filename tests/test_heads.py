@@ -249,6 +249,30 @@ def test_bad_inputs_raise_before_training(no_training, method):
         fit_head(x, y, method="svm")
     with pytest.raises(ValueError, match="epochs=0; accepted: an integer >= 1"):
         fit_head(x, y, method=method, epochs=0)
+    with pytest.raises(ValueError, match="svd_driver='gesvdx'; accepted: '' .* or one of gesvd, gesvdj, gesvda"):
+        fit_head(x, y, method=method, svd_driver="gesvdx")
+
+
+def test_the_svd_driver_reaches_the_loss_and_is_ignored_on_the_cpu(monkeypatch):
+    """``svd_driver`` picks cuSOLVER's SVD on CUDA: every fitting path hands it to the dominant-singular-value term,
+    and on the CPU (LAPACK) the numbers do not change."""
+    from nmtune_lib import losses
+    from nmtune_lib.batched_tuning import fit_heads
+
+    x, y = _features()
+    plain = fit_head(x, y, method="nmtune", epochs=2)
+    chosen = fit_head(x, y, method="nmtune", epochs=2, svd_driver="gesvda")
+    assert chosen.params["svd_driver"] == "gesvda"
+    assert all(torch.equal(a, b) for a, b in zip(plain.head.state_dict().values(), chosen.head.state_dict().values()))
+    seen = []
+    term = losses.dominant_singular_value_loss
+    monkeypatch.setattr(losses, "dominant_singular_value_loss",
+                        lambda z, k, *, driver="": seen.append(driver) or term(z, k, driver=driver))
+    fit_head(x, y, method="nmtune", epochs=1, svd_driver="gesvd")
+    for stacked in (False, True):
+        fit_heads(x, y, [dict(method="nmtune"), dict(method="nmtune", w_cov=0.0)], epochs=1, svd_driver="gesvdj",
+                  stacked=stacked)
+    assert set(seen[:1]) == {"gesvd"} and set(seen[1:]) == {"gesvdj"} and len(seen) > 2
 
 
 def test_svd_top_k_larger_than_the_batch_raises_before_training(no_training):

@@ -92,6 +92,23 @@ def _digit_tasks_and_config(tmp_path):
     return tasks, cfg
 
 
+def test_the_config_svd_driver_reaches_every_head_and_is_checked_first(tmp_path, monkeypatch):
+    from nmtune_lib import batched_tuning
+
+    with pytest.raises(ValueError, match="svd_driver='gesvdx': expected '' .*or one of gesvd, gesvdj, gesvda"):
+        StudyConfig.from_preset("smoke", svd_driver="gesvdx")
+    tasks, cfg = _digit_tasks_and_config(tmp_path)
+    cfg = cfg.replace(svd_driver="gesvda", robustness=[])
+    assert head_spec(cfg, "nmtune").fit_kwargs()["svd_driver"] == "gesvda"
+    drivers = []
+    fit = batched_tuning.fit_heads
+    monkeypatch.setattr(batched_tuning, "fit_heads",
+                        lambda *args, **kwargs: drivers.append(kwargs["svd_driver"]) or fit(*args, **kwargs))
+    run_transfer(Run.of(cfg, 0.1, 0), PixelBackbone(), tasks, checkpoint_hash="x", log=lambda line: None,
+                 cache=False)
+    assert drivers and set(drivers) == {"gesvda"}
+
+
 def test_run_transfer_fits_every_protocol_setting_and_variant(tmp_path):
     tasks, cfg = _digit_tasks_and_config(tmp_path)
     lines = []
