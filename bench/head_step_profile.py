@@ -32,14 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # svd_routes
 from nmtune_lib.batched_tuning import fit_heads  # noqa: E402
 from nmtune_lib.models import resolve_device  # noqa: E402
 from nmtune_lib.reference import BATCH_SIZE  # noqa: E402
-from svd_routes import measure as svd_routes  # noqa: E402
+from svd_routes import measure as svd_routes, sync  # noqa: E402
 
 MODES = {"alone": (1, False), "batched": (None, False), "stacked": (None, True)}  # (heads, stacked)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def fit_seconds(features, labels, heads: int, stacked: bool, device, epochs: int, svd_driver: str = "") -> float:

@@ -83,6 +83,9 @@ class StackedHeads(nn.Module):
             stack.unstack()
 
 
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm1d's, stacked by HeadStack
+
+
 class HeadStack(nn.Module):
     """H heads of one kind (all ``MLPHead`` or all ``LinearProbe``, of one shape) as one module: each parameter
     and BatchNorm buffer stacked along a leading head dimension, the first layer one product on the shared f, the
@@ -103,7 +106,7 @@ class HeadStack(nn.Module):
         if self.mlp:
             bn = heads[0].mlp[1]
             self.bn_momentum, self.bn_eps = bn.momentum, bn.eps
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
+            for name in BN_BUFFERS:
                 self.register_buffer(name, torch.stack([getattr(h.mlp[1], name) for h in heads]))
 
     def _param(self, name: str) -> torch.Tensor:
@@ -135,7 +138,7 @@ class HeadStack(nn.Module):
                 for name, value in zip(self.names, self.params):
                     own[name].copy_(value[i])
                 if self.mlp:
-                    for name in ("running_mean", "running_var", "num_batches_tracked"):
+                    for name in BN_BUFFERS:
                         getattr(head.mlp[1], name).copy_(getattr(self, name)[i])
                 head.train(self.training)
 
@@ -193,7 +196,7 @@ def fit_heads(views, labels, heads: Sequence[Mapping[str, Any]], *, num_classes:
     rates = sorted({float(h["lr"]) for h in heads})
     group_of = [rates.index(float(h["lr"])) for h in heads]
     units = list(stacked.stacks) if stack else modules  # what the optimizer steps: stacks, or the heads themselves
-    unit_group = [group_of[start] for start in itertools.accumulate([0, *runs[:-1]])] if stack else group_of
+    unit_group = [group_of[modules.index(u.heads[0] if stack else u)] for u in units]  # a stack's heads share one
     optimizer = adamw([{"params": [p for u, g in zip(units, unit_group) if g == i for p in u.parameters()],
                         "lr": lr} for i, lr in enumerate(rates)], weight_decay=weight_decay, device=device)
     weights = {w: torch.tensor([h[w] for h in heads], device=device) for w in ("w_mse", "w_cov", "w_svd")}
