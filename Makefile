@@ -88,11 +88,15 @@ PROBE_brightness := --set 'caption_attributes=["brightness"]'
 PROBE_class_uncropped := $(PROBE_class) $(UNCROPPED)
 # The view probe: supervised pre-training (default preset), all three heads, every task of the default suite, with
 # the reference's views (cropped) and without their crop (uncropped); claim 4's decomposition.csv is kept too. zoom:
-# the crop's scale without its aspect ratio (ratio fixed at 1), on digits_shift alone, where the crop helps.
-VIEW_PROBES := cropped uncropped zoom
+# the crop's scale without its aspect ratio (ratio fixed at 1), on digits_shift alone, where the crop helps. nearest:
+# zoom with the crop resampled by nearest neighbour instead of bilinearly (larger digits, no blur); bicubic: by
+# bicubic interpolation, as the reference's timm transforms mostly do.
+VIEW_PROBES := cropped uncropped zoom nearest bicubic
 VIEWS_cropped :=
 VIEWS_uncropped := $(UNCROPPED)
 VIEWS_zoom := --set 'view_crop_ratio=[1, 1]' --set 'tasks=["digits_shift"]'
+VIEWS_nearest := $(VIEWS_zoom) --set view_interpolation=nearest
+VIEWS_bicubic := $(VIEWS_zoom) --set view_interpolation=bicubic
 # $(call probe,RUN ROOT NAME,PRESET AND HEADS,SETTINGS,REPORT FOLDER)
 define probe
 	$(VENV)/bin/nmtune sweep $(2) $(PROBE_GRID) $(3) --run-root runs/probe_$(1)

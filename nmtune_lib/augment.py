@@ -50,16 +50,24 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, *, padding: in
     return random_flip(x, generator) if flip else x
 
 
+def check_interpolation(interpolation: str) -> None:
+    if interpolation not in ref.VIEW_INTERPOLATIONS:
+        raise ValueError(f"interpolation={interpolation!r}; accepted: {', '.join(ref.VIEW_INTERPOLATIONS)}")
+
+
 def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *,
                         scale: tuple[float, float] = ref.VIEW_CROP_SCALE,
-                        ratio: tuple[float, float] = ref.VIEW_CROP_RATIO, flip: bool = True) -> torch.Tensor:
+                        ratio: tuple[float, float] = ref.VIEW_CROP_RATIO, flip: bool = True,
+                        interpolation: str = "bilinear") -> torch.Tensor:
     """The weak view augmentation of NMTune: a random-resized crop (area fraction in ``scale``, aspect ratio in
-    ``ratio``, log-uniform) resampled bilinearly to the input size, then (``flip``) a horizontal flip.
+    ``ratio``, log-uniform) resampled to the input size (``interpolation``: one of
+    ``reference.VIEW_INTERPOLATIONS``), then (``flip``) a horizontal flip.
 
     The defaults are the reference code's view transform for timm models (docs/paper.md, "Views"):
     ``reference.VIEW_CROP_SCALE``, ``VIEW_CROP_RATIO`` (torchvision's ratio range) and a flip. Implemented as one
     batched affine ``grid_sample``; crops are clipped to lie inside the image.
     """
+    check_interpolation(interpolation)
     n = len(x)
     area = scale[0] + (scale[1] - scale[0]) * _rand(n, generator, x.device)
     log_r = torch.log(torch.tensor(ratio, device=x.device))
@@ -71,7 +79,7 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *,
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw, cx, sh, cy
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
     return random_flip(out, generator) if flip else out
 
 
@@ -80,17 +88,24 @@ class ViewAugment:
     """The view augmentation of one downstream task as a value: ``random_resized_crop`` with these settings.
 
     ``flip`` is decided per task (``Task.flip``): a mirrored digit is another glyph, so digit tasks do not flip.
-    ``name`` spells every setting; it enters the feature-cache key and the results.
+    ``name`` spells every setting (the interpolation only when it is not the default bilinear, so bilinear views
+    keep the names they always had); it enters the feature-cache key and the results.
     """
 
     scale: tuple[float, float] = ref.VIEW_CROP_SCALE
     ratio: tuple[float, float] = ref.VIEW_CROP_RATIO
     flip: bool = True
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        check_interpolation(self.interpolation)
 
     @property
     def name(self) -> str:
+        resampling = "" if self.interpolation == "bilinear" else f"_{self.interpolation}"
         return (f"weak_s{self.scale[0]:g}-{self.scale[1]:g}_r{self.ratio[0]:.3g}-{self.ratio[1]:.3g}"
-                f"_{'flip' if self.flip else 'noflip'}")
+                f"_{'flip' if self.flip else 'noflip'}{resampling}")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return random_resized_crop(x, generator, scale=tuple(self.scale), ratio=tuple(self.ratio), flip=self.flip)
+        return random_resized_crop(x, generator, scale=tuple(self.scale), ratio=tuple(self.ratio), flip=self.flip,
+                                   interpolation=self.interpolation)

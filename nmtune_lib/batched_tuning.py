@@ -113,6 +113,8 @@ class HeadStack(nn.Module):
         return self.params[self.names.index(name)]
 
     def features(self, f: torch.Tensor) -> torch.Tensor:
+        if f.ndim != 2:
+            raise ValueError(f"HeadStack takes the n×D features all its heads share, got shape {tuple(f.shape)}")
         h, n = len(self.heads), f.shape[-2]
         if not self.mlp:
             return f.expand(h, *f.shape[-2:])

@@ -28,6 +28,10 @@ SCALE_INIT = 1.0
 # Views (docs/paper.md "Views"): RandomResizedCrop(scale=(0.8, 1.0)) + horizontal flip, torchvision's ratio range.
 VIEW_CROP_SCALE = (0.8, 1.0)
 VIEW_CROP_RATIO = (3 / 4, 4 / 3)
+# How the crop is resampled (``grid_sample``'s modes; config ``view_interpolation``). The reference resamples with
+# the timm model's interpolation (bicubic for most); ours is bilinear by default (docs/paper.md, deviations). Nearest
+# takes each output pixel from one input pixel: a view then has no intensity the image lacks.
+VIEW_INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 
 # Not the reference's: cuSOLVER's SVD drivers for the dominant-singular-value term on CUDA (``torch.linalg.svdvals``'s
 # ``driver``; config ``svd_driver``, "" = PyTorch's choice, gesvdj). On an H200 gesvda took 1.5 ms for 30 128×128

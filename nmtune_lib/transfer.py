@@ -50,6 +50,11 @@ class Score:
     lr: float
 
 
+def view_augment(config, flip: bool) -> ViewAugment:
+    """The views of a task with flips ``flip`` under ``config`` (its crop scale, ratio and interpolation)."""
+    return ViewAugment(tuple(config.view_crop_scale), tuple(config.view_crop_ratio), flip, config.view_interpolation)
+
+
 def settings(config) -> dict[str, Any]:
     """``{"base": config, "<KEY=VALUE>": config with that change, …}``: the settings notebook 04 runs."""
     return {BASE: config, **{s: config.replace(**parse_assignments([s])) for s in config.robustness}}
@@ -64,7 +69,7 @@ class _TaskHeads:
                  batched: bool = True):
         self.backbone, self.task, self.features, self.seed = backbone, task, features, seed
         self.device, self.progress, self.log, self.batched = device, progress, log, batched
-        self.augment = ViewAugment(tuple(config.view_crop_scale), tuple(config.view_crop_ratio), task.flip)
+        self.augment = view_augment(config, task.flip)
         self.eval_train = features(task.train)
         self.fitted: dict[tuple, Any] = {}
 

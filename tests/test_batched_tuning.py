@@ -140,6 +140,8 @@ def test_a_head_stack_runs_each_head_with_its_own_batch_statistics():
         torch.testing.assert_close(dict(head.named_parameters())[stack.names[0]], stack.params[0][i])
     with pytest.raises(ValueError, match="one kind and shape"):
         HeadStack([heads[0], LinearProbe(6, 3, generator=gen)])
+    with pytest.raises(ValueError, match=r"n×D features all its heads share, got shape \(3, 10, 6\)"):
+        stack.features(f.expand(3, 10, 6))  # one input per head is not what a stack computes
 
 
 @pytest.mark.parametrize("heads, kwargs, match", [

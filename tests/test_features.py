@@ -160,6 +160,37 @@ def test_views_follow_the_tasks_view_augment_and_are_cached_apart(backbone, imag
     assert len(list(tmp_path.glob("*.pt"))) == 2 and any("noflip" in p.name for p in tmp_path.glob("*.pt"))
 
 
+def test_view_interpolation_resamples_the_same_crops_and_is_cached_apart(backbone, images, tmp_path):
+    from nmtune_lib.augment import ViewAugment
+    from nmtune_lib.config import StudyConfig
+    from nmtune_lib.transfer import view_augment
+
+    # the default keeps the name bilinear views always had (their cache files and results stay valid)
+    assert ViewAugment(flip=False).name == "weak_s0.8-1_r0.75-1.33_noflip"
+    nearest = ViewAugment(flip=False, interpolation="nearest")
+    assert nearest.name == "weak_s0.8-1_r0.75-1.33_noflip_nearest"
+    assert view_augment(StudyConfig.from_preset("smoke", view_interpolation="nearest"), False) == nearest
+    with pytest.raises(ValueError, match="interpolation='area'; accepted: bilinear, nearest, bicubic"):
+        ViewAugment(interpolation="area")
+    x = to_float(images.images)
+    near, bilinear = (a(x, view_generator(3, 1, 0)) for a in (nearest, ViewAugment(flip=False)))
+    # nearest copies pixels: every value of a view is one of its image's; bilinear mixes neighbours
+    assert all(torch.isin(near[i], x[i]).all() for i in range(N))
+    assert not any(torch.isin(bilinear[i], x[i]).all() for i in range(N))
+    # the same crops (one generator state), resampled otherwise
+    assert (near - bilinear).abs().mean() > 0.05
+    for mode in ("bilinear", "nearest", "bicubic"):  # an identity crop is the image under every interpolation
+        identity = ViewAugment((1.0, 1.0), (1.0, 1.0), False, mode)(x, view_generator(3, 1, 0))
+        torch.testing.assert_close(identity, x, atol=1e-5, rtol=0)
+    kwargs = dict(views=2, seed=3, batch_size=64, cache_dir=tmp_path, checkpoint_hash="c", progress=False)
+    a = extract_features(backbone, images, transform=ViewAugment(flip=False), **kwargs)
+    b = extract_features(backbone, images, transform=nearest, **kwargs)
+    assert not torch.equal(a, b) and len(list(tmp_path.glob("*.pt"))) == 2
+    with torch.no_grad():
+        expected = backbone.eval().pre_logits(near)
+    torch.testing.assert_close(b[:, 1], expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate"])
 def test_a_damaged_cache_file_is_detected_and_recomputed(backbone, images, tmp_path, damage):
     clean = extract_features(backbone, images, batch_size=64, cache_dir=tmp_path, checkpoint_hash="d", progress=False)
