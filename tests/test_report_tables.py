@@ -255,3 +255,31 @@ def test_the_readme_tables_are_what_nmtune_prints_from_the_committed_reports():
         frame = pd.read_csv(root / "reports" / preset / "memorisation.csv")
         assert table.strip() == memorisation_table(frame), preset
     assert len(memorisation) >= 2
+
+
+def test_the_readme_decomposition_tables_are_the_view_probes_files():
+    """Each README table headed `| mean of | term | <set>, <ratio> % | …` holds claim 4's terms under the reference
+    protocol as reports/default/view_probe/<set>/decomposition.csv has them."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    terms = {"MLP − LP": "mlp-lp", "NMTune − LP": "nmtune-lp", "NMTune − MLP": "nmtune-mlp"}
+    tables = re.findall(r"^\| mean of \| term \|(.*)\|\n\|[-|]+\|\n((?:\|.*\n)+)", readme, re.M)
+    checked = 0
+    for header, rows in tables:
+        columns = [c.strip().rsplit(", ", 1) for c in header.split("|")]
+        files = {name: pd.read_csv(root / "reports/default/view_probe" / name / "decomposition.csv",
+                                   dtype={"noise_ratio": str}) for name, _ in columns}
+        for row in rows.splitlines():
+            mean_of, term, *cells = [c.strip() for c in row.strip("|").split("|")]
+            for (name, ratio), cell in zip(columns, cells, strict=True):
+                frame = files[name]
+                value = frame[(frame.protocol == "reference") & (frame.mean_of == mean_of)
+                              & (frame.term == terms[term])
+                              & (frame.noise_ratio == f"{int(ratio.removesuffix(' %')) / 100:g}")]
+                (mean, half), = value[["mean_points", "half_width_points"]].to_numpy()
+                assert cell == f"{mean:+.2f} ± {half:.2f}".replace("-", "−"), (name, ratio, mean_of, term)
+                checked += 1
+    assert len(tables) >= 2 and checked == len(tables) * 24
