@@ -99,13 +99,6 @@ VIEWS_zoom := --set 'view_crop_ratio=[1, 1]' --set 'tasks=["digits_shift"]'
 VIEWS_nearest := $(VIEWS_zoom) --set view_interpolation=nearest
 VIEWS_bicubic := $(VIEWS_zoom) --set view_interpolation=bicubic
 VIEWS_cropped_bicubic := --set view_interpolation=bicubic
-# Tables a view probe does not keep: on digits_shift alone claim 4's decomposition is one task's difference of two
-# heads, which task_scores.csv holds; cropped_bicubic keeps the decomposition only (the report sets' 15 MB hold no
-# more).
-VIEW_DROP_zoom := decomposition.csv
-VIEW_DROP_nearest := decomposition.csv
-VIEW_DROP_bicubic := decomposition.csv
-VIEW_DROP_cropped_bicubic := noise_effects_by_task.csv task_scores.csv
 # $(call probe,RUN ROOT NAME,PRESET AND HEADS,SETTINGS,REPORT FOLDER)
 define probe
 	$(VENV)/bin/nmtune sweep $(2) $(PROBE_GRID) $(3) --run-root runs/probe_$(1)
@@ -121,7 +114,6 @@ view-probe: $(addprefix view-probe-,$(VIEW_PROBES))
 view-probe-%: setup data
 	$(call probe,views_$*,--preset default,$(VIEWS_$*),reports/default/view_probe/$*)
 	cp runs/probe_views_$*/default/decomposition.csv reports/default/view_probe/$*/  # the MLP and NMTune heads
-	cd reports/default/view_probe/$* && rm -f $(VIEW_DROP_$*)
 
 bench: setup data
 	$(PY) bench/pretrain_throughput.py

@@ -71,11 +71,24 @@ def compact_figures(page: str) -> str:
     return EMBEDDED_PNG.sub(compact, page)
 
 
+# nbconvert's lab template puts its mermaid.js loader (≈ 11.6 kB) into every page; it returns at once on a page
+# without a diagram, which every page of the study is.
+MERMAID_LOADER = re.compile(r'<script type="module">\s*document\.addEventListener\("DOMContentLoaded", async \(\) => \{'
+                            r'\s*const diagrams = document\.querySelectorAll\("\.jp-Mermaid > pre\.mermaid"\);'
+                            r'.*?</script>\s*', re.S)
+
+
+def drop_idle_mermaid(page: str) -> str:
+    """``page`` without nbconvert's mermaid loader when it has no diagram for it to draw (a page with one keeps it)."""
+    rest = MERMAID_LOADER.sub("", page, count=1)
+    return page if 'class="jp-Mermaid"' in rest else rest
+
+
 def render_html(notebook: Path, out: Path, *, title: str = "") -> Path:
     """One executed notebook → one HTML file (lab template, no input cells, figures embedded and compacted by
-    ``compact_figures``) whose stylesheet is shared with every page of every report set (``share_stylesheet`` into
-    the folder above ``out``'s, the reports root), with ``title`` as its title, a link back to the report's
-    ``index.html`` and wide tables scrolling inside the page."""
+    ``compact_figures``, no idle mermaid loader: ``drop_idle_mermaid``) whose stylesheet is shared with every page of
+    every report set (``share_stylesheet`` into the folder above ``out``'s, the reports root), with ``title`` as its
+    title, a link back to the report's ``index.html`` and wide tables scrolling inside the page."""
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -87,7 +100,7 @@ def render_html(notebook: Path, out: Path, *, title: str = "") -> Path:
     back = (f'<p style="margin:1em 2em"><a href="index.html">← nmtune-study report index</a> · '
             f'{html.escape(title)}</p>')
     body, _ = share_stylesheet(body, out.parent.parent, "../")
-    body = compact_figures(body)  # after: the theme's own tiny images stay as nbconvert wrote them
+    body = drop_idle_mermaid(compact_figures(body))  # after: the theme's own tiny images stay as nbconvert wrote them
     body = body.replace("</head>", PAGE_STYLE + "</head>", 1)
     body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + back, body, count=1)
     return atomic_write_text(out, body)

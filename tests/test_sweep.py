@@ -206,6 +206,7 @@ def test_report_index_links_every_rendered_notebook(smoke_sweep, tmp_path):
         assert f'href="{page}"' in index
         text = (tmp_path / "smoke" / page).read_text()
         assert 'href="index.html"' in text and "<title>smoke: " in text  # a title and a way back
+        assert "jp-Mermaid" not in text  # no diagram, so no mermaid loader (drop_idle_mermaid)
         if page.endswith(("01_noise_injection.html", "02_pretrain.html", "05_summary.html")):
             assert "data:image/png;base64" in (tmp_path / "smoke" / page).read_text()  # figures embedded
     assert "<table>" in index and any(v in index for v in ("supported", "inconclusive", "contradicted"))
@@ -269,6 +270,25 @@ def test_compact_figures_keeps_the_picture_and_shrinks_it():
     assert len(compacted) < len(page)
     assert np.abs(back - pixels[..., :3]).mean() < 1.0 and (back[22:28, 10:100] == (31, 119, 180)).all()
     assert compact_figures(compacted) == compacted  # already a palette image: left as it is
+
+
+def test_the_mermaid_loader_is_dropped_from_pages_without_a_diagram():
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from nmtune_lib.report import drop_idle_mermaid
+
+    def page(*markdown):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(m) for m in markdown])
+        return HTMLExporter(template_name="lab").from_notebook_node(nb)[0]
+
+    plain = page("no diagram here")
+    dropped = drop_idle_mermaid(plain)
+    assert ".jp-Mermaid > pre.mermaid" in plain and ".jp-Mermaid > pre.mermaid" not in dropped
+    assert len(plain) - len(dropped) > 5_000 and "no diagram here" in dropped and dropped.count("<script") == 3
+    with_diagram = page("```mermaid\ngraph TD;\nA-->B;\n```")
+    assert drop_idle_mermaid(with_diagram) == with_diagram  # the loader draws it: kept
+    assert drop_idle_mermaid(dropped) == dropped
 
 
 def test_the_readme_xarray_block_runs_on_a_sweep(smoke_sweep, capsys):
