@@ -51,6 +51,7 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, *, padding: in
 
 
 def check_interpolation(interpolation: str) -> None:
+    """Raise ValueError naming the accepted resamplings unless ``interpolation`` is one of them."""
     if interpolation not in ref.VIEW_INTERPOLATIONS:
         raise ValueError(f"interpolation={interpolation!r}; accepted: {', '.join(ref.VIEW_INTERPOLATIONS)}")
 
