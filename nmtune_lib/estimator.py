@@ -36,8 +36,8 @@ class NMTuneClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, method: str = "nmtune", *, epochs: int = ref.EPOCHS, batch_size: int = ref.BATCH_SIZE,
                  lr: float | None = None, weight_decay: float = ref.WEIGHT_DECAY, w_mse: float = ref.W_MSE,
                  w_cov: float = ref.W_COV, w_svd: float = ref.W_SVD, svd_top_k: int = ref.SVD_TOP_K,
-                 svd_driver: str = "", feature_noise: float = 0.0, random_state: int | np.random.RandomState | None = None,
-                 device: str = "cpu", progress: bool = False):
+                 svd_driver: str = "", feature_noise: float = 0.0,
+                 random_state: int | np.random.RandomState | None = None, device: str = "cpu", progress: bool = False):
         self.method = method
         self.epochs = epochs
         self.batch_size = batch_size

@@ -99,9 +99,9 @@ def nmtune_loss(logits: torch.Tensor, labels: torch.Tensor, z: torch.Tensor, f: 
     """The NMTune objective ``ce + w_mse·consistency + w_cov·covariance + w_svd·dominant_sv`` and its parts.
 
     One head: logits 2B×C and z, f 2B×D, rows ordered ``[view w; view s]``; labels B (repeated for both views) or
-    2B. L_ce is the cross-entropy over the logits of both views (``svd_driver``: see
-    ``dominant_singular_value_loss``). ``skip_zero`` skips a term whose weight is 0 (the
-    MLP baseline pays for no SVD); its part is then reported as NaN ("not computed"), never 0.
+    2B. L_ce is the cross-entropy over the logits of both views. ``skip_zero`` skips a term whose weight is 0 (the
+    MLP baseline pays for no SVD); its part is then reported as NaN ("not computed"), never 0. ``svd_driver`` is
+    ``dominant_singular_value_loss``'s ``driver``.
     Returns ``(total, parts)``, parts a dict over ``PARTS`` of detached scalars.
 
     H heads at once (``batched_tuning``): logits H×2B×C and z H×2B×D with f 2B×D shared (or H×2B×D), and each
