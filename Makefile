@@ -91,14 +91,18 @@ PROBE_class_uncropped := $(PROBE_class) $(UNCROPPED)
 # the crop's scale without its aspect ratio (ratio fixed at 1), on digits_shift alone, where the crop helps. nearest:
 # zoom with the crop resampled by nearest neighbour instead of bilinearly (larger digits, no blur); bicubic: by
 # bicubic interpolation, as the reference's timm transforms mostly do; cropped_bicubic: the reference's views on
-# every task, resampled bicubically.
-VIEW_PROBES := cropped uncropped zoom nearest bicubic cropped_bicubic
+# every task, resampled bicubically. bicubic_blur and sketch_bicubic_blur test why bilinear views beat bicubic ones
+# on digits_shift and lose on the sketch task: bicubic views blurred by a Gaussian of bilinear's mean smoothing (a
+# linear interpolation at a uniform sub-pixel phase t averages with variance t(1 − t), 1/6 on average: σ = 0.41 px).
+VIEW_PROBES := cropped uncropped zoom nearest bicubic cropped_bicubic bicubic_blur sketch_bicubic_blur
 VIEWS_cropped :=
 VIEWS_uncropped := $(UNCROPPED)
 VIEWS_zoom := --set 'view_crop_ratio=[1, 1]' --set 'tasks=["digits_shift"]'
 VIEWS_nearest := $(VIEWS_zoom) --set view_interpolation=nearest
 VIEWS_bicubic := $(VIEWS_zoom) --set view_interpolation=bicubic
 VIEWS_cropped_bicubic := --set view_interpolation=bicubic
+VIEWS_bicubic_blur := $(VIEWS_bicubic) --set view_blur=0.41
+VIEWS_sketch_bicubic_blur := $(VIEWS_cropped_bicubic) --set view_blur=0.41 $(SKETCH)
 # $(call probe,RUN ROOT NAME,PRESET AND HEADS,SETTINGS,REPORT FOLDER)
 define probe
 	$(VENV)/bin/nmtune sweep $(2) $(PROBE_GRID) $(3) --run-root runs/probe_$(1)

@@ -6,10 +6,12 @@ batch's, which keeps CPU runs bit-identical whatever the batch device.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from . import reference as ref
 
@@ -56,19 +58,38 @@ def check_interpolation(interpolation: str) -> None:
         raise ValueError(f"interpolation={interpolation!r}; accepted: {', '.join(ref.VIEW_INTERPOLATIONS)}")
 
 
+def check_blur(blur: float) -> None:
+    """Raise ValueError unless ``blur`` (a Gaussian σ in pixels) is a finite float >= 0."""
+    if not (isinstance(blur, (int, float)) and math.isfinite(blur) and blur >= 0):
+        raise ValueError(f"blur={blur!r}; accepted: a finite Gaussian sigma >= 0, in pixels (0 = no blur)")
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur every image with an isotropic Gaussian of ``sigma`` pixels (torchvision's ``gaussian_blur``, reflected
+    borders, kernel radius ceil(3σ)); ``sigma`` 0 returns ``x`` itself."""
+    check_blur(sigma)
+    if sigma == 0:
+        return x
+    size = 2 * math.ceil(3 * sigma) + 1
+    return TF.gaussian_blur(x, [size, size], [float(sigma), float(sigma)])
+
+
 def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *,
                         scale: tuple[float, float] = ref.VIEW_CROP_SCALE,
                         ratio: tuple[float, float] = ref.VIEW_CROP_RATIO, flip: bool = True,
-                        interpolation: str = "bilinear") -> torch.Tensor:
+                        interpolation: str = "bilinear", blur: float = 0.0) -> torch.Tensor:
     """The weak view augmentation of NMTune: a random-resized crop (area fraction in ``scale``, aspect ratio in
     ``ratio``, log-uniform) resampled to the input size (``interpolation``: one of
-    ``reference.VIEW_INTERPOLATIONS``), then (``flip``) a horizontal flip.
+    ``reference.VIEW_INTERPOLATIONS``), then (``flip``) a horizontal flip. ``blur`` > 0 blurs every view with a
+    Gaussian of that σ (pixels) after resampling: not the reference's, a probe of what resampling's smoothing does
+    (0, the default, leaves views as they were and draws the same random numbers either way).
 
     The defaults are the reference code's view transform for timm models (docs/paper.md, "Views"):
     ``reference.VIEW_CROP_SCALE``, ``VIEW_CROP_RATIO`` (torchvision's ratio range) and a flip. Implemented as one
     batched affine ``grid_sample``; crops are clipped to lie inside the image.
     """
     check_interpolation(interpolation)
+    check_blur(blur)
     n = len(x)
     area = scale[0] + (scale[1] - scale[0]) * _rand(n, generator, x.device)
     log_r = torch.log(torch.tensor(ratio, device=x.device))
@@ -80,7 +101,7 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator, *,
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw, cx, sh, cy
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
+    out = gaussian_blur(F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False), blur)
     return random_flip(out, generator) if flip else out
 
 
@@ -89,24 +110,27 @@ class ViewAugment:
     """The view augmentation of one downstream task as a value: ``random_resized_crop`` with these settings.
 
     ``flip`` is decided per task (``Task.flip``): a mirrored digit is another glyph, so digit tasks do not flip.
-    ``name`` spells every setting (the interpolation only when it is not the default bilinear, so bilinear views
-    keep the names they always had); it enters the feature-cache key and the results.
+    ``name`` spells every setting (the interpolation only when it is not the default bilinear, the blur only when it
+    is not 0, so default views keep the names they always had); it enters the feature-cache key and the results.
     """
 
     scale: tuple[float, float] = ref.VIEW_CROP_SCALE
     ratio: tuple[float, float] = ref.VIEW_CROP_RATIO
     flip: bool = True
     interpolation: str = "bilinear"
+    blur: float = 0.0
 
     def __post_init__(self):
         check_interpolation(self.interpolation)
+        check_blur(self.blur)
 
     @property
     def name(self) -> str:
         resampling = "" if self.interpolation == "bilinear" else f"_{self.interpolation}"
+        blur = f"_blur{self.blur:g}" if self.blur else ""
         return (f"weak_s{self.scale[0]:g}-{self.scale[1]:g}_r{self.ratio[0]:.3g}-{self.ratio[1]:.3g}"
-                f"_{'flip' if self.flip else 'noflip'}{resampling}")
+                f"_{'flip' if self.flip else 'noflip'}{resampling}{blur}")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return random_resized_crop(x, generator, scale=tuple(self.scale), ratio=tuple(self.ratio), flip=self.flip,
-                                   interpolation=self.interpolation)
+                                   interpolation=self.interpolation, blur=self.blur)

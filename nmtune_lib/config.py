@@ -101,6 +101,7 @@ class StudyConfig:
     view_crop_scale: tuple[float, ...] = ref.VIEW_CROP_SCALE  # random-resized-crop area range of views
     view_crop_ratio: tuple[float, ...] = ref.VIEW_CROP_RATIO  # its aspect-ratio range (torchvision's default)
     view_interpolation: str = "bilinear"  # how the crop is resampled (reference.VIEW_INTERPOLATIONS)
+    view_blur: float = 0.0  # σ (pixels) of a Gaussian blur on every view after resampling; 0 = none (a probe knob)
     head_mode: str = "cached"  # "cached" K-view features or "online" re-encoding through the backbone
     task_subset: int = 0  # 0 = every downstream training sample; >0 = at most this many per task (smoke)
     ablation: bool = True  # notebook 04 also runs each regulariser alone and left out, and the sensitivity
@@ -389,6 +390,7 @@ def _check_values(cfg: StudyConfig) -> None:
          "two aspect ratios (low, high) with 0 < low <= high")
     need(cfg.view_interpolation in ref.VIEW_INTERPOLATIONS, "view_interpolation",
          f"one of {', '.join(ref.VIEW_INTERPOLATIONS)}")
+    need(math.isfinite(cfg.view_blur) and cfg.view_blur >= 0, "view_blur", "a Gaussian sigma >= 0 in pixels (0 = none)")
     need(len(cfg.reg_scales) > 0 and all(s >= 0 for s in cfg.reg_scales), "reg_scales",
          "a non-empty list of floats >= 0")
     need(cfg.single_lambda >= 0, "single_lambda", "a float >= 0 (0 = skip the single-lambda variant)")

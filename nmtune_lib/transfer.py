@@ -51,8 +51,9 @@ class Score:
 
 
 def view_augment(config, flip: bool) -> ViewAugment:
-    """The views of a task with flips ``flip`` under ``config`` (its crop scale, ratio and interpolation)."""
-    return ViewAugment(tuple(config.view_crop_scale), tuple(config.view_crop_ratio), flip, config.view_interpolation)
+    """The views of a task with flips ``flip`` under ``config`` (its crop scale, ratio, interpolation and blur)."""
+    return ViewAugment(tuple(config.view_crop_scale), tuple(config.view_crop_ratio), flip, config.view_interpolation,
+                       config.view_blur)
 
 
 def settings(config) -> dict[str, Any]:

@@ -30,6 +30,7 @@ def test_default_head_protocol_is_the_reference_codes():
     ("view_crop_scale", [0.9, 0.8], "0 < low <= high <= 1"),
     ("view_crop_scale", [0.5], "0 < low <= high <= 1"),
     ("view_interpolation", "area", "view_interpolation='area': expected one of bilinear, nearest, bicubic"),
+    ("view_blur", -0.5, "view_blur=-0.5: expected a Gaussian sigma >= 0"),
     ("protocols", ["reference", "fair"], "reference, matched"),
     ("lr_grid", [], "non-empty"),
     ("holdout_fraction", 0.7, r"\(0, 0.5\)"),

@@ -196,6 +196,39 @@ def test_view_interpolation_resamples_the_same_crops_and_is_cached_apart(backbon
     torch.testing.assert_close(b[:, 1], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_view_blur_blurs_the_same_views_and_is_cached_apart(backbone, images, tmp_path):
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    from nmtune_lib.augment import ViewAugment
+    from nmtune_lib.config import StudyConfig
+    from nmtune_lib.transfer import view_augment
+
+    blurred = ViewAugment(flip=False, interpolation="nearest", blur=0.41)
+    assert blurred.name == "weak_s0.8-1_r0.75-1.33_noflip_nearest_blur0.41"
+    assert ViewAugment(flip=False, blur=0).name == "weak_s0.8-1_r0.75-1.33_noflip"  # no blur: the old name
+    assert view_augment(StudyConfig.from_preset("smoke", view_interpolation="nearest", view_blur=0.41),
+                        False) == blurred
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="accepted: a finite Gaussian sigma >= 0"):
+            ViewAugment(blur=bad)
+    x = to_float(images.images)
+    sharp = ViewAugment(flip=False, interpolation="nearest")(x, view_generator(3, 1, 0))
+    soft = blurred(x, view_generator(3, 1, 0))
+    # the same crops (one generator state), each blurred by a 5×5 Gaussian of σ 0.41 (radius ceil(3σ) = 2)
+    torch.testing.assert_close(soft, gaussian_blur(sharp, [5, 5], [0.41, 0.41]), atol=0, rtol=0)
+    assert (soft - sharp).abs().max() > 0.05
+    # a blur lowers the views' total variation
+    tv = lambda v: (v.diff(dim=-1).abs().sum() + v.diff(dim=-2).abs().sum()).item()  # noqa: E731
+    assert tv(soft) < 0.8 * tv(sharp)
+    kwargs = dict(views=2, seed=3, batch_size=64, cache_dir=tmp_path, checkpoint_hash="c", progress=False)
+    a = extract_features(backbone, images, transform=ViewAugment(flip=False, interpolation="nearest"), **kwargs)
+    b = extract_features(backbone, images, transform=blurred, **kwargs)
+    assert not torch.equal(a, b) and len(list(tmp_path.glob("*.pt"))) == 2
+    with torch.no_grad():
+        expected = backbone.eval().pre_logits(soft)
+    torch.testing.assert_close(b[:, 1], expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate"])
 def test_a_damaged_cache_file_is_detected_and_recomputed(backbone, images, tmp_path, damage):
     clean = extract_features(backbone, images, batch_size=64, cache_dir=tmp_path, checkpoint_hash="d", progress=False)
