@@ -9,7 +9,8 @@ FMNIST := /usr/share/datasets/fashion-mnist
 PRESET ?= default
 JOBS   ?= 2
 
-.PHONY: study test setup data sweep report bench clean-runs lock slurm slurm-stop caption-probe view-probe study-bicubic
+.PHONY: study test setup data sweep report bench clean-runs lock slurm slurm-stop caption-probe view-probe study-bilinear \
+	study-bicubic
 
 study: setup data
 	$(VENV)/bin/nmtune sweep --preset $(PRESET) --jobs $(JOBS)
@@ -119,16 +120,19 @@ view-probe-%: setup data
 	$(call probe,views_$*,--preset default,$(VIEWS_$*),reports/default/view_probe/$*)
 	cp runs/probe_views_$*/default/decomposition.csv reports/default/view_probe/$*/  # the MLP and NMTune heads
 
-# The whole default study (5 ratios, 5 seeds, every head) with bicubic views, the reference's resampling for most
-# timm models: its summary tables only, for `nmtune compare reports/default reports/default/view_probe/study_bicubic`.
+# The whole default study (5 ratios, 5 seeds, every head) with bilinear views (ours, the default: `make study` in
+# its own run root, so it can re-make the default on this machine beside the committed one) or bicubic views (the
+# reference's resampling for most timm models): summary tables only, for `nmtune compare reports/default
+# reports/default/view_probe/study_bilinear reports/default/view_probe/study_bicubic`.
 STUDY_TABLES := config.yaml timing.csv claims.csv decomposition.csv noise_effects.csv noise_effects_by_task.csv \
 	task_scores.csv sensitivity.csv robustness.csv stability.csv
-study-bicubic: setup data
-	$(VENV)/bin/nmtune sweep --preset default --set view_interpolation=bicubic --jobs $(JOBS) \
-	  --run-root runs/probe_views_study_bicubic
-	mkdir -p reports/default/view_probe/study_bicubic
-	cp $(addprefix runs/probe_views_study_bicubic/default/,$(STUDY_TABLES)) reports/default/view_probe/study_bicubic/
-	$(VENV)/bin/nmtune compare reports/default reports/default/view_probe/study_bicubic
+STUDY_bilinear :=
+STUDY_bicubic := --set view_interpolation=bicubic
+study-bilinear study-bicubic: study-%: setup data
+	$(VENV)/bin/nmtune sweep --preset default $(STUDY_$*) --jobs $(JOBS) --run-root runs/probe_views_study_$*
+	mkdir -p reports/default/view_probe/study_$*
+	cp $(addprefix runs/probe_views_study_$*/default/,$(STUDY_TABLES)) reports/default/view_probe/study_$*/
+	$(VENV)/bin/nmtune compare reports/default reports/default/view_probe/study_$*
 
 bench: setup data
 	$(PY) bench/pretrain_throughput.py

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nmtune_lib.report_tables import (compare_claims, effects_table, folder_table, format_effect, short_claim,
-                                      time_table, to_markdown)
+from nmtune_lib.report_tables import (compare_claims, effects_table, folder_table, format_effect, read_claims,
+                                      short_claim, time_table, to_markdown)
 from nmtune_lib.memorisation import memorisation_table
 from nmtune_lib.summary import RULE_NEG, RULE_POS, _claim, _unjudged, claims_table
 from nmtune_lib.sweep import main
@@ -283,3 +283,26 @@ def test_the_readme_decomposition_tables_are_the_view_probes_files():
                 assert cell == f"{mean:+.2f} ± {half:.2f}".replace("-", "−"), (name, ratio, mean_of, term)
                 checked += 1
     assert len(tables) >= 2 and checked == len(tables) * 24
+
+
+def test_the_readme_headline_verdicts_and_rerun_column_are_the_committed_files():
+    """The README's headline claims table: each cell's verdict is reports/default/claims.csv's, and its `rerun³`
+    column says "yes" exactly when the fresh-clone rerun (view_probe/study_bilinear) gives every protocol the same
+    verdict."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    table = re.search(r"^\| claim \(docs/paper.md §1\) \|.*rerun³ \|\n\|[-|]+\|\n((?:\|.*\n)+)", readme, re.M).group(1)
+    committed, rerun = (read_claims(root / "reports/default" / f).set_index(["id", "protocol"])["verdict"]
+                        for f in ("", "view_probe/study_bilinear"))
+    rows = table.splitlines()
+    assert len(rows) == committed.index.get_level_values("id").nunique() == 12
+    for row in rows:
+        claim, reference, matched, *_, same = [c.strip() for c in row.strip("|").split("|")]
+        cid = claim.split(".")[0]
+        for protocol, cell in (("reference", reference), ("matched", matched)):
+            if cell != "(same features)":  # claim 3's matched rows repeat its reference ones
+                assert cell.endswith(f"**{committed[cid, protocol]}**"), (cid, protocol)
+        assert same == ("yes" if committed[cid].equals(rerun[cid]) else "no"), cid
