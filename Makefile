@@ -94,8 +94,9 @@ PROBE_class_uncropped := $(PROBE_class) $(UNCROPPED)
 # bicubic interpolation, as the reference's timm transforms mostly do; cropped_bicubic: the reference's views on
 # every task, resampled bicubically. bicubic_blur and sketch_bicubic_blur test why bilinear views beat bicubic ones
 # on digits_shift and lose on the sketch task: bicubic views blurred by a Gaussian of bilinear's mean smoothing (a
-# linear interpolation at a uniform sub-pixel phase t averages with variance t(1 − t), 1/6 on average: σ = 0.41 px).
-VIEW_PROBES := cropped uncropped zoom nearest bicubic cropped_bicubic bicubic_blur sketch_bicubic_blur
+# linear interpolation at a uniform sub-pixel phase t averages with variance t(1 − t), 1/6 on average: σ = 0.41 px);
+# bicubic_blur08: twice that σ (0.82 px), the dose's second point.
+VIEW_PROBES := cropped uncropped zoom nearest bicubic cropped_bicubic bicubic_blur sketch_bicubic_blur bicubic_blur08
 VIEWS_cropped :=
 VIEWS_uncropped := $(UNCROPPED)
 VIEWS_zoom := --set 'view_crop_ratio=[1, 1]' --set 'tasks=["digits_shift"]'
@@ -103,6 +104,7 @@ VIEWS_nearest := $(VIEWS_zoom) --set view_interpolation=nearest
 VIEWS_bicubic := $(VIEWS_zoom) --set view_interpolation=bicubic
 VIEWS_cropped_bicubic := --set view_interpolation=bicubic
 VIEWS_bicubic_blur := $(VIEWS_bicubic) --set view_blur=0.41
+VIEWS_bicubic_blur08 := $(VIEWS_bicubic) --set view_blur=0.82
 VIEWS_sketch_bicubic_blur := $(VIEWS_cropped_bicubic) --set view_blur=0.41 $(SKETCH)
 # $(call probe,RUN ROOT NAME,PRESET AND HEADS,SETTINGS,REPORT FOLDER)
 define probe
