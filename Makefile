@@ -10,7 +10,7 @@ PRESET ?= default
 JOBS   ?= 2
 
 .PHONY: study test setup data sweep report bench clean-runs lock slurm slurm-stop caption-probe view-probe study-bilinear \
-	study-bicubic
+	study-bicubic rerun rerun-all rerun-lp
 
 study: setup data
 	$(VENV)/bin/nmtune sweep --preset $(PRESET) --jobs $(JOBS)
@@ -135,6 +135,20 @@ study-bilinear study-bicubic: study-%: setup data
 	mkdir -p reports/default/view_probe/study_$*
 	cp $(addprefix runs/probe_views_study_$*/default/,$(STUDY_TABLES)) reports/default/view_probe/study_$*/
 	$(VENV)/bin/nmtune compare reports/default reports/default/view_probe/study_$*
+
+# A rerun of a committed set beside it, to see which verdicts survive another machine's kernels (CPU numbers are
+# bit-identical only on the same machine): `make rerun PRESET=asymmetric` re-makes the whole set in a run root of its
+# own and copies its summary tables to reports/$(PRESET)/rerun_all/; `make rerun-lp PRESET=...` re-makes only what
+# claims 1-3 read (the spectrum and the linear probe, under both protocols and the robustness settings; no MLP,
+# NMTune, ablation or sensitivity heads) into reports/$(PRESET)/rerun_lp/. The default's whole rerun is study-bilinear.
+RERUN_all :=
+RERUN_lp := --set 'methods=["lp"]' --set ablation=false
+rerun: rerun-all
+rerun-all rerun-lp: rerun-%: setup data
+	$(VENV)/bin/nmtune sweep --preset $(PRESET) $(RERUN_$*) --jobs $(JOBS) --run-root runs/rerun_$*_$(PRESET)
+	mkdir -p reports/$(PRESET)/rerun_$*
+	cp $(addprefix runs/rerun_$*_$(PRESET)/$(PRESET)/,$(STUDY_TABLES)) reports/$(PRESET)/rerun_$*/
+	$(VENV)/bin/nmtune compare reports/$(PRESET) reports/$(PRESET)/rerun_$* --labels committed rerun
 
 bench: setup data
 	$(PY) bench/pretrain_throughput.py

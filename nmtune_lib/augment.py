@@ -7,6 +7,7 @@ batch's, which keeps CPU runs bit-identical whatever the batch device.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -59,8 +60,9 @@ def check_interpolation(interpolation: str) -> None:
 
 
 def check_blur(blur: float) -> None:
-    """Raise ValueError unless ``blur`` (a Gaussian σ in pixels) is a finite float >= 0."""
-    if not (isinstance(blur, (int, float)) and math.isfinite(blur) and blur >= 0):
+    """Raise ValueError unless ``blur`` (a Gaussian σ in pixels) is a finite real number >= 0 (Python's or numpy's,
+    any width; not a bool)."""
+    if not (isinstance(blur, numbers.Real) and not isinstance(blur, bool) and math.isfinite(blur) and blur >= 0):
         raise ValueError(f"blur={blur!r}; accepted: a finite Gaussian sigma >= 0, in pixels (0 = no blur)")
 
 

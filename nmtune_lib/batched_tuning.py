@@ -217,7 +217,7 @@ def fit_heads(views, labels, heads: Sequence[Mapping[str, Any]], *, num_classes:
     fits = [HeadFit(module, head["method"], mode, _head_history(history, i, group_of[i], len(rates)),
                     {**common, **head}, seconds / len(heads), device)
             for i, (module, head) in enumerate(zip(modules, heads))]
-    return [fits[order.index(i)] for i in range(len(fits))]  # the order given
+    return [fit for _, fit in sorted(zip(order, fits), key=lambda pair: pair[0])]  # back to the order given
 
 
 def _resolve_head(index: int, head: Mapping[str, Any]) -> dict[str, Any]:

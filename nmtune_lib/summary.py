@@ -477,6 +477,20 @@ def sensitivity(transfer: xr.Dataset, *, task: str, config) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
+def ablation_table(transfer: xr.Dataset, *, task: str, mean_over: Sequence[str] = ()) -> "pd.DataFrame | None":
+    """Accuracy (%) of every head but the linear probe on the ablation ``task`` (base setting, reference protocol):
+    a row per head, a column per test domain, averaged over ``mean_over`` (e.g. ``("seed", "noise_ratio")``; the
+    dimensions left must be method and test domain). None when the runs trained no such head on ``task`` (the task
+    is not among their tasks, or ``methods`` is the linear probe alone)."""
+    if task not in transfer["task"].values:
+        return None
+    acc = transfer["accuracy"].sel(setting="base", protocol="reference", task=task)
+    heads = [m for m in acc["method"].values if m != "lp" and bool(acc.sel({"method": m}).notnull().any())]
+    if not heads:
+        return None
+    return (acc.sel({"method": heads}).mean(list(mean_over)).to_pandas() * 100).dropna(axis=1, how="all")
+
+
 def means_table(transfer: xr.Dataset) -> pd.DataFrame:
     """ID mean and OOD mean (with and without the training domain) per method and noise ratio, mean over seeds, %."""
     import pandas as pd

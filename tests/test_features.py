@@ -1,6 +1,7 @@
 """Tests of nmtune_lib.features: shapes, eval = plain pre_logits, seeded views, the on-disk cache."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -208,9 +209,10 @@ def test_view_blur_blurs_the_same_views_and_is_cached_apart(backbone, images, tm
     assert ViewAugment(flip=False, blur=0).name == "weak_s0.8-1_r0.75-1.33_noflip"  # no blur: the old name
     assert view_augment(StudyConfig.from_preset("smoke", view_interpolation="nearest", view_blur=0.41),
                         False) == blurred
-    for bad in (-0.1, float("nan"), float("inf")):
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.41", np.float32(-0.1)):
         with pytest.raises(ValueError, match="accepted: a finite Gaussian sigma >= 0"):
             ViewAugment(blur=bad)
+    assert ViewAugment(flip=False, interpolation="nearest", blur=np.float32(0.41)).name == blurred.name  # any float width
     x = to_float(images.images)
     sharp = ViewAugment(flip=False, interpolation="nearest")(x, view_generator(3, 1, 0))
     soft = blurred(x, view_generator(3, 1, 0))

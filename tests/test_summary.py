@@ -4,7 +4,7 @@ import pytest
 import xarray as xr
 
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.summary import (decomposition, id_ood_means, interval_text, judge_all, judge_claims, mean_ci,
+from nmtune_lib.summary import (ablation_table, decomposition, id_ood_means, interval_text, judge_all, judge_claims, mean_ci,
                                 noise_effects, robustness_table, score_levels, sensitivity, stability, task_scores,
                                 verdict)
 from nmtune_lib.transfer import Score, transfer_dataset
@@ -209,6 +209,16 @@ def test_sensitivity_reports_the_growth_of_the_regularisers_effect_with_noise():
         assert float(at_zero["mean_points"].iloc[0]) == pytest.approx(1.0, abs=0.05)  # NMTune − MLP = 0.01
     # runs whose task list leaves the ablation task out (ablation=false): no sensitivity rows
     assert sensitivity(transfer.sel(task=["a"]), task="b", config=config).empty
+
+
+def test_ablation_table_lists_every_head_but_the_probe_and_is_none_without_one():
+    transfer, _ = _grid(0, 0, 0.02, 0, noise=0.0)
+    table = ablation_table(transfer, task="b", mean_over=("seed", "noise_ratio"))
+    assert set(table.index) == {"mlp", "nmtune", "nmtune_x10"} and list(table.columns) == ["real", "sketch"]
+    assert table.loc["nmtune", "real"] == pytest.approx(92.0) and table.loc["mlp", "real"] == pytest.approx(91.0)
+    # the linear probe alone (methods=["lp"]), or a task list without the ablation task: no table, not an error
+    assert ablation_table(transfer.sel({"method": ["lp"]}), task="b", mean_over=("seed", "noise_ratio")) is None
+    assert ablation_table(transfer.sel(task=["a"]), task="b") is None
 
 
 def test_stability_agrees_for_a_clear_effect_and_not_for_a_marginal_one():
