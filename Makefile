@@ -143,11 +143,13 @@ study-bilinear study-bicubic: study-%: setup data
 # NMTune, ablation or sensitivity heads) into reports/$(PRESET)/rerun_lp/. The default's whole rerun is study-bilinear.
 RERUN_all :=
 RERUN_lp := --set 'methods=["lp"]' --set ablation=false
+RERUN_TABLES_all := $(STUDY_TABLES)
+RERUN_TABLES_lp := $(filter-out decomposition.csv sensitivity.csv,$(STUDY_TABLES))  # those two need MLP and NMTune
 rerun: rerun-all
 rerun-all rerun-lp: rerun-%: setup data
 	$(VENV)/bin/nmtune sweep --preset $(PRESET) $(RERUN_$*) --jobs $(JOBS) --run-root runs/rerun_$*_$(PRESET)
 	mkdir -p reports/$(PRESET)/rerun_$*
-	cp $(addprefix runs/rerun_$*_$(PRESET)/$(PRESET)/,$(STUDY_TABLES)) reports/$(PRESET)/rerun_$*/
+	cp $(addprefix runs/rerun_$*_$(PRESET)/$(PRESET)/,$(RERUN_TABLES_$*)) reports/$(PRESET)/rerun_$*/
 	$(VENV)/bin/nmtune compare reports/$(PRESET) reports/$(PRESET)/rerun_$* --labels committed rerun
 
 bench: setup data

@@ -147,6 +147,20 @@ def test_run_transfer_fits_every_protocol_setting_and_variant(tmp_path):
     assert list(ds["view_flip"].values) == [0, 0]
 
 
+def test_the_linear_probe_alone_scores_as_beside_every_other_head(tmp_path):
+    """`make rerun-lp` trains the linear probe alone (methods=["lp"], no ablation): its numbers must be those it gets
+    beside the MLP, NMTune and the ablation heads, under both protocols and every robustness setting."""
+    tasks, cfg = _digit_tasks_and_config(tmp_path)
+    ds = {name: run_transfer(Run.of(c, 0.1, 0), PixelBackbone(), tasks, checkpoint_hash="x", log=lambda line: None,
+                             cache=False)
+          for name, c in (("all", cfg), ("lp", cfg.replace(methods=["lp"], ablation=False)))}
+    assert list(ds["lp"]["method"].values) == ["lp"] and len(ds["all"]["method"]) > 5
+    for name, dim in (("accuracy", "method"), ("lr", "method"), ("head_mode", "method"),
+                      ("selection_accuracy", "selection_method")):  # bit for bit, NaN for NaN
+        xr.testing.assert_equal(ds["lp"][name], ds["all"][name].sel({dim: ["lp"]}))
+    assert np.isfinite(ds["lp"]["accuracy"].sel(setting="head_epochs=1", protocol="reference")).any()
+
+
 def test_batched_transfer_equals_one_by_one_bit_for_bit(tmp_path):
     tasks, cfg = _digit_tasks_and_config(tmp_path)
     run = Run.of(cfg, 0.1, 0)
