@@ -130,11 +130,16 @@ STUDY_TABLES := config.yaml timing.csv claims.csv decomposition.csv noise_effect
 	task_scores.csv sensitivity.csv robustness.csv stability.csv
 STUDY_bilinear :=
 STUDY_bicubic := --set view_interpolation=bicubic
+# $(call beside,PRESET,SETTINGS,RUN ROOT,TABLES,REPORT FOLDER,COMPARE LABELS): a whole set swept in a run root of
+# its own, its summary tables copied into REPORT FOLDER and compared with the committed reports/PRESET.
+define beside
+	$(VENV)/bin/nmtune sweep --preset $(1) $(2) --jobs $(JOBS) --run-root $(3)
+	mkdir -p $(5)
+	cp $(addprefix $(3)/$(1)/,$(4)) $(5)/
+	$(VENV)/bin/nmtune compare reports/$(1) $(5) $(6)
+endef
 study-bilinear study-bicubic: study-%: setup data
-	$(VENV)/bin/nmtune sweep --preset default $(STUDY_$*) --jobs $(JOBS) --run-root runs/probe_views_study_$*
-	mkdir -p reports/default/view_probe/study_$*
-	cp $(addprefix runs/probe_views_study_$*/default/,$(STUDY_TABLES)) reports/default/view_probe/study_$*/
-	$(VENV)/bin/nmtune compare reports/default reports/default/view_probe/study_$*
+	$(call beside,default,$(STUDY_$*),runs/probe_views_study_$*,$(STUDY_TABLES),reports/default/view_probe/study_$*,)
 
 # A rerun of a committed set beside it, to see which verdicts survive another machine's kernels (CPU numbers are
 # bit-identical only on the same machine): `make rerun PRESET=asymmetric` re-makes the whole set in a run root of its
@@ -147,10 +152,8 @@ RERUN_TABLES_all := $(STUDY_TABLES)
 RERUN_TABLES_lp := $(filter-out decomposition.csv sensitivity.csv,$(STUDY_TABLES))  # those two need MLP and NMTune
 rerun: rerun-all
 rerun-all rerun-lp: rerun-%: setup data
-	$(VENV)/bin/nmtune sweep --preset $(PRESET) $(RERUN_$*) --jobs $(JOBS) --run-root runs/rerun_$*_$(PRESET)
-	mkdir -p reports/$(PRESET)/rerun_$*
-	cp $(addprefix runs/rerun_$*_$(PRESET)/$(PRESET)/,$(RERUN_TABLES_$*)) reports/$(PRESET)/rerun_$*/
-	$(VENV)/bin/nmtune compare reports/$(PRESET) reports/$(PRESET)/rerun_$* --labels committed rerun
+	$(call beside,$(PRESET),$(RERUN_$*),runs/rerun_$*_$(PRESET),$(RERUN_TABLES_$*),reports/$(PRESET)/rerun_$*,\
+	  --labels committed rerun)
 
 bench: setup data
 	$(PY) bench/pretrain_throughput.py

@@ -212,7 +212,7 @@ def test_view_blur_blurs_the_same_views_and_is_cached_apart(backbone, images, tm
     for bad in (-0.1, float("nan"), float("inf"), True, "0.41", np.float32(-0.1)):
         with pytest.raises(ValueError, match="accepted: a finite Gaussian sigma >= 0"):
             ViewAugment(blur=bad)
-    assert ViewAugment(flip=False, interpolation="nearest", blur=np.float32(0.41)).name == blurred.name  # any float width
+    assert ViewAugment(flip=False, interpolation="nearest", blur=np.float32(0.41)).name == blurred.name  # any width
     x = to_float(images.images)
     sharp = ViewAugment(flip=False, interpolation="nearest")(x, view_generator(3, 1, 0))
     soft = blurred(x, view_generator(3, 1, 0))

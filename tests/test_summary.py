@@ -4,9 +4,9 @@ import pytest
 import xarray as xr
 
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.summary import (ablation_table, decomposition, id_ood_means, interval_text, judge_all, judge_claims, mean_ci,
-                                noise_effects, robustness_table, score_levels, sensitivity, stability, task_scores,
-                                verdict)
+from nmtune_lib.summary import (ablation_table, decomposition, id_ood_means, interval_text, judge_all, judge_claims,
+                                mean_ci, noise_effects, robustness_table, score_levels, sensitivity, stability,
+                                task_scores, verdict)
 from nmtune_lib.transfer import Score, transfer_dataset
 
 RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3)
