@@ -15,7 +15,9 @@ Result Dataset dims: (noise_ratio, seed, setting, protocol, method, task, test_d
 where a head was not fitted or a task has no such test domain), ``fit_seconds``, ``lr`` (the learning rate used:
 chosen on held-out data in the matched protocol), ``head_mode``; ``selection_accuracy`` (held-out accuracy of every
 candidate learning rate, matched protocol); per-task coordinates ``task_kind`` (id/ood), ``train_domain``, ``chance``
-and ``view_flip``; the spectrum of the tuned features z of LP/MLP/NMTune (base, reference) on one reference test set.
+and ``view_flip``; the spectrum of the tuned features z of LP/MLP/NMTune (base, reference) on one reference test set;
+and the spectrum metrics of the frozen eval features of every task's test domains (``frozen_sve``, ``frozen_p1``,
+``frozen_sigma1`` over task, test_domain and centering): claim 3 on the downstream data.
 """
 from __future__ import annotations
 
@@ -189,8 +191,10 @@ def run_transfer(run, backbone, tasks: Sequence[Any], *, checkpoint_hash: str, d
                                     fit.accuracy(features(test), test.labels), fit.seconds, fit.mode, spec.lr))
             if (setting, protocol, task.name) == (BASE, config.protocols[0], spectrum_task) and method in METHODS:
                 tuned[method] = _tuned_spectrum(fit, features(task.tests[task.train_domain]), method, config)
+    frozen = {(task.name, domain): frozen_spectrum(features(test), config.spectrum_top_k)
+              for task in tasks for domain, test in task.tests.items()}
     return transfer_dataset(scores, tasks, noise_ratio=noise_ratio, seed=seed, selection=selection,
-                            tuned_spectrum=tuned, attrs=attrs)
+                            tuned_spectrum=tuned, frozen_spectrum=frozen, attrs=attrs)
 
 
 def _setting_protocols(config):
@@ -228,6 +232,20 @@ def _tuned_spectrum(fit, f: torch.Tensor, method: str, config) -> dict[str, floa
     return spectrum_metrics(singular_values(f, centering="column"), config.spectrum_top_k)
 
 
+FROZEN_METRICS = ("sve", "p1", "sigma1")  # the spectrum metrics of the frozen features of every test domain
+
+
+def frozen_spectrum(f: torch.Tensor, top_k: int) -> dict[str, dict[str, float]]:
+    """Claim 3 on downstream data: the spectrum metrics (``FROZEN_METRICS``) of the frozen eval features ``f`` (N×D)
+    of one test domain under every centring, ``{centering: {metric: value}}`` (spectrum.py's conventions: rows
+    L2-normalised, then centred)."""
+    from .config import CENTERINGS
+    from .spectrum import singular_values, spectrum_metrics
+
+    return {c: {m: v for m, v in spectrum_metrics(singular_values(f, centering=c), top_k).items()
+                if m in FROZEN_METRICS} for c in CENTERINGS}
+
+
 def _content_key(image_set) -> str:
     """Identity of a training set by content (the ``real`` rendering equals the original images)."""
     from .features import tensor_sha256
@@ -238,9 +256,12 @@ def _content_key(image_set) -> str:
 
 def transfer_dataset(scores: Sequence[Score], tasks: Sequence[Any], *, noise_ratio: float, seed: int,
                      selection: dict[tuple[str, str, str, float], float] | None = None,
-                     tuned_spectrum: dict[str, dict[str, float]] | None = None, attrs: dict[str, Any] | None = None
-                     ) -> xr.Dataset:
-    """Scores of one run → Dataset with dims (noise_ratio, seed, setting, protocol, method, task, test_domain)."""
+                     tuned_spectrum: dict[str, dict[str, float]] | None = None,
+                     frozen_spectrum: dict[tuple[str, str], dict[str, dict[str, float]]] | None = None,
+                     attrs: dict[str, Any] | None = None) -> xr.Dataset:
+    """Scores of one run → Dataset with dims (noise_ratio, seed, setting, protocol, method, task, test_domain);
+    ``frozen_spectrum`` ((task, test domain) → ``frozen_spectrum``'s dict) adds ``frozen_<metric>`` over (noise_ratio,
+    seed, task, test_domain, centering)."""
     axes = {name: list(dict.fromkeys(getattr(s, name) for s in scores))
             for name in ("setting", "protocol", "method")}
     axes["task"] = [t.name for t in tasks]
@@ -292,4 +313,15 @@ def transfer_dataset(scores: Sequence[Score], tasks: Sequence[Any], *, noise_rat
                                        np.array([[[tuned_spectrum[m][metric] for m in names]]]),
                                        {"long_name": f"{metric} of the tuned features z (f for LP), column centring"})
         coords["tuned_method"] = ("tuned_method", np.array(names, dtype=object))
+    if frozen_spectrum:
+        centerings = list(next(iter(frozen_spectrum.values())))
+        for metric in FROZEN_METRICS:
+            values = np.full((1, 1, len(axes["task"]), len(axes["test_domain"]), len(centerings)), np.nan)
+            for (task, domain), by_centering in frozen_spectrum.items():
+                values[0, 0, axes["task"].index(task), axes["test_domain"].index(domain)] = [
+                    by_centering[c][metric] for c in centerings]
+            data[f"frozen_{metric}"] = (("noise_ratio", "seed", "task", "test_domain", "centering"), values,
+                                        {"long_name": f"{metric} of the frozen eval features of the test domain "
+                                                      "(rows L2-normalised, then centred; docs/paper.md §5)"})
+        coords["centering"] = ("centering", np.array(centerings, dtype=object))
     return xr.Dataset(data, coords, attrs or {})
