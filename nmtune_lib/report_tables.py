@@ -40,6 +40,7 @@ SCORES_MADE_BY = (f"whose summary wrote {TASK_SCORES} (notebook 05 writes it sin
                   "sets lack it)")
 SEED_COLUMN = re.compile(r"seed\d+")  # task_scores.csv: one seed's score (summary.score_levels)
 PROBE = "lp"  # the head task_scores.csv' tables show unless told otherwise (the one the noise effects read)
+SUPPORT = re.compile(r"^(\d+ of \d+ ratios(?: \(\d+ against\))?):")  # claims.every's effect
 EFFECT = re.compile(r"^\s*([+-]?\d[\d.]*(?:e[+-]?\d+)?)(?: ± (\d[\d.]*(?:e[+-]?\d+)?))?")  # mean [± half]
 
 
@@ -56,7 +57,11 @@ def short_claim(text: str) -> str:
 
 def format_effect(effect: str, verdict: str) -> str:
     """``"-0.484 ± 2.1 points (n=3 seeds)"``, ``"inconclusive"`` → ``"−0.48 ± 2.1 **inconclusive**"`` (one seed,
-    no half-width: the mean as written)."""
+    no half-width: the mean as written); an "at every ratio" row's ``"3 of 4 ratios: …"`` → ``"3 of 4 ratios
+    **inconclusive**"``."""
+    support = SUPPORT.match(effect)
+    if support:
+        return f"{support.group(1)} **{verdict}**"
     match = EFFECT.match(effect)
     if not match:  # "not judged: the grid lacks …"
         return f"**{verdict}**"
@@ -70,28 +75,40 @@ def format_effect(effect: str, verdict: str) -> str:
 
 
 def read_claims(folder: str | Path) -> pd.DataFrame:
-    """A report set's ``claims.csv`` (columns protocol, claim, effect, verdict, rule), with a claim ``id``."""
+    """A report set's ``claims.csv`` (claims.CLAIM_COLUMNS). A set written before the claims carried an ``id`` and
+    an adjusted verdict is refused, naming the command that re-judges it."""
     path = Path(folder) / "claims.csv"
     if not path.is_file():
         raise ValueError(f"{path} does not exist: pass report folders written by 'nmtune report' (a folder holding "
                          "claims.csv, e.g. reports/default)")
-    frame = pd.read_csv(path)
-    return frame.assign(id=frame["claim"].str.split(".").str[0])
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if "verdict_adjusted" not in frame.columns:
+        raise ValueError(f"{path} predates adjusted verdicts: re-judge it from its tables first (nmtune rejudge "
+                         f"{Path(folder)})")
+    return frame
+
+
+MATRIX_FORMS = ("paper", "secondary", "extension")  # the rows of a verdict matrix; the per-ratio cells have their own
 
 
 def compare_claims(folders: Sequence[str | Path], protocols: Sequence[str] = PROTOCOLS,
-                   labels: Sequence[str] | None = None) -> pd.DataFrame:
-    """claim × "<label>, <protocol>" → formatted cell, columns ordered protocol-major (every set under the first
-    protocol, then the next). ``labels`` default to the folders' names. A protocol a set lacks is an error."""
+                   labels: Sequence[str] | None = None, *, forms: Sequence[str] = MATRIX_FORMS,
+                   adjusted: bool = True) -> pd.DataFrame:
+    """claim × "<label>, <protocol>" → formatted cell (the effect and the verdict, Holm-adjusted unless not
+    ``adjusted``), columns ordered protocol-major (every set under the first protocol, then the next); rows: the
+    claims of the ``forms`` in any set, in the first set's order. ``labels`` default to the folders' names. A
+    protocol a set lacks is an error."""
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols or not folders:
         raise ValueError(f"compare_claims: folders {list(map(str, folders))}, protocols {list(protocols)}; accepted: "
                          f"one folder or more, protocols among {', '.join(PROTOCOLS)}")
     labels = [Path(f).name for f in folders] if labels is None else list(labels)
     sets = {label: read_claims(folder) for label, folder in zip(labels, folders)}
-    first = next(iter(sets.values()))
-    order = list(dict.fromkeys(first["id"]))
-    names = [short_claim(first.loc[first["id"] == i, "claim"].iloc[0]) for i in order]
+    rows = pd.concat(sets.values())
+    rows = rows[rows["form"].isin(forms)].drop_duplicates("id")
+    order = list(rows["id"])
+    names = [short_claim(text) for text in rows["claim"]]
+    column = "verdict_adjusted" if adjusted else "verdict"
     table = pd.DataFrame(index=pd.Index(names, name="claim"))
     for protocol in protocols:
         for label, frame in sets.items():
@@ -101,7 +118,7 @@ def compare_claims(folders: Sequence[str | Path], protocols: Sequence[str] = PRO
                                  f"{sorted(frame['protocol'].unique())}")
             table[f"{label}, {protocol}"] = [
                 "(same features)" if i.startswith(SPECTRUM_FAMILY) and protocol != protocols[0]
-                else format_effect(part.loc[i, "effect"], part.loc[i, "verdict"]) if i in part.index else "(absent)"
+                else format_effect(part.loc[i, "effect"], part.loc[i, column]) if i in part.index else "(absent)"
                 for i in order]
     return table
 

@@ -1,48 +1,22 @@
-"""The study's verdicts: aggregate every run of a preset, compute ID/OOD means with confidence intervals over seeds,
-and judge each claim of the paper (docs/paper.md, "Claims") by a rule stated in words.
+"""Aggregates of a preset's runs: ID/OOD means, per-task scores and their levels, each noise ratio against clean
+pre-training, claim 4's decomposition, the regulariser sensitivity and ablation, read by notebook 05 and ``claims``.
 
 Every effect is computed *per seed* (a paired comparison: the same seed fixes the pre-training data order and the
 head's initialisation across noise ratios and methods), then summarised as the mean over seeds ± the half-width of a
-two-sided 95% Student-t interval. A claim is **supported** when the whole interval lies on the claimed side of zero,
-**contradicted** when it lies wholly on the other side, and **inconclusive** otherwise (including with one seed).
-Every claim is listed: one whose noise ratios the grid lacks (claim 1 without 5 % or 10 %, a slope with one ratio)
-is **not judged**, with the reason in its effect.
-
-Claim 4 is judged under each protocol (reference, matched) and split into head capacity and regularisers:
-NMTune − LP = (MLP − LP) + (NMTune − MLP) (``decomposition``). ``sensitivity`` gives NMTune − MLP per regulariser
-scale and noise ratio; ``robustness`` the verdict of every claim under every setting and protocol; ``stability``
-how often a verdict survives a bootstrap over seeds (a proxy for a rerun on another machine).
+two-sided 95% Student-t interval (``verdicts.mean_ci``). Claim 4 is split into head capacity and regularisers:
+NMTune − LP = (MLP − LP) + (NMTune − MLP) (``decomposition``); ``sensitivity`` gives NMTune − MLP per regulariser
+scale and noise ratio. The claims themselves are judged in ``claims``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import numpy as np
 import xarray as xr
-from scipy import stats
 
 from .config import ratio_percent
 from .results import combine_runs
-
-SLIGHT = (0.05, 0.10)  # "slight" pre-training noise in the paper's claim 1
-HEAVY = (0.20, 0.30)
-
-
-@dataclass(frozen=True)
-class Claim:
-    claim: str
-    effect: str
-    rule: str
-    verdict: str
-    mean: float
-    half_width: float
-    n_seeds: int
-    sign: int = 1  # the claimed sign of the effect
-    per_seed: tuple[float, ...] = ()  # the paired effect of every seed, in the effect's unit
-    protocol: str = ""
-    setting: str = ""
-
+from .verdicts import mean_ci, verdict
 
 def load_results(study, kind: str) -> xr.Dataset:
     """Combine the ``kind`` result file (``"transfer"``, ``"spectrum"``) of every run of ``study``'s grid (a
@@ -72,31 +46,7 @@ def id_ood_means(transfer: xr.Dataset, *, include_train_domain: bool = False) ->
                        "ood_mean": scores.where(kind == "ood").mean("task", skipna=True)})
 
 
-def mean_ci(per_seed: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Mean over seeds and the half-width of the two-sided Student-t interval (NaN half-width for one seed)."""
-    x = np.asarray(per_seed, dtype=float)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    if len(x) < 2:
-        return float(x.mean()), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return float(x.mean()), float(half)
-
-
-def verdict(mean: float, half: float, sign: int) -> str:
-    """``sign`` = +1 if the claim says the effect is positive, −1 if negative."""
-    if not np.isfinite(half) or not np.isfinite(mean):
-        return "inconclusive"
-    low, high = mean - half, mean + half
-    if (sign > 0 and low > 0) or (sign < 0 and high < 0):
-        return "supported"
-    if (sign > 0 and high < 0) or (sign < 0 and low > 0):
-        return "contradicted"
-    return "inconclusive"
-
-
-def _slope(values: xr.DataArray) -> np.ndarray:
+def slope(values: xr.DataArray) -> np.ndarray:
     """Least-squares slope of ``values`` against noise_ratio, one per seed (units: per unit noise ratio)."""
     x = values["noise_ratio"].values
     y = values.transpose("seed", "noise_ratio").values
@@ -104,212 +54,9 @@ def _slope(values: xr.DataArray) -> np.ndarray:
     return (y - y.mean(1, keepdims=True)) @ xc / (xc @ xc)
 
 
-def _ratios(da: xr.DataArray, wanted) -> list[float]:
-    have = da["noise_ratio"].values
-    return [float(r) for r in have if any(np.isclose(r, w) for w in wanted)]
-
-
-def _clean_ratio(ratios: list[float]) -> float | None:
+def clean_ratio(ratios: Sequence[float]) -> float | None:
     """The grid's 0 (clean pre-training) as it is stored, or None when the grid has no clean run."""
-    return next((r for r in ratios if np.isclose(r, 0.0)), None)
-
-
-def _claim(text: str, per_seed: np.ndarray, sign: int, unit: str, rule: str, scale: float = 1.0) -> Claim:
-    mean, half = mean_ci(per_seed)
-    effect = f"{mean * scale:+.3g} ± {half * scale:.2g} {unit}" if np.isfinite(half) else f"{mean * scale:+.3g} {unit}"
-    n = int(np.isfinite(np.asarray(per_seed, dtype=float)).sum())
-    return Claim(text, f"{effect} (n={n} seeds)", rule, verdict(mean, half, sign), mean * scale,
-                 half * scale if np.isfinite(half) else float("nan"), n, sign,
-                 tuple(float(v) * scale for v in np.asarray(per_seed, dtype=float)))
-
-
-def judge_claims(transfer: xr.Dataset, spectrum: xr.Dataset, *, probe: str = "lp", centering: str = "column",
-                 spectrum_dataset: str | None = None) -> list[Claim]:
-    """The claims of docs/paper.md → measured effect, 95% CI over seeds, verdict.
-
-    Claims 1–3 concern the pre-trained features, read through the linear probe ``probe`` (the paper's evaluation of
-    the noisy backbones) and the feature spectrum with the given ``centering``; claim 4 compares the heads averaged
-    over all noise ratios.
-    """
-    means = id_ood_means(transfer)
-    id_lp, ood_lp = means["id_mean"].sel({"method": probe}), means["ood_mean"].sel({"method": probe})
-    ratios = [float(r) for r in id_lp["noise_ratio"].values]
-    grid = _Grid(zero=_clean_ratio(ratios), slight=_ratios(id_lp, SLIGHT),
-                 heavy=_ratios(id_lp, HEAVY), noisy=[r for r in ratios if r > 0])
-    spec = spectrum.sel(centering=centering)
-    if "dataset" in spec.dims:
-        spec = spec.sel(dataset=spectrum_dataset or str(spec["dataset"].values[0]))
-    return [*_transfer_claims(grid, id_lp, ood_lp, probe), *_spectrum_claims(grid, spec, centering),
-            *_nmtune_claims(means, list(transfer["method"].values))]
-
-
-RULE_POS = "supported if the 95% CI over seeds lies above 0, contradicted if below, else inconclusive"
-RULE_NEG = "supported if the 95% CI over seeds lies below 0, contradicted if above, else inconclusive"
-NOT_JUDGED = "not judged"  # the grid lacks the noise ratios the claim compares
-
-
-@dataclass(frozen=True)
-class _Grid:
-    """The noise ratios a claim can compare: 0 (None if absent), slight, heavy and every ratio > 0."""
-
-    zero: float | None
-    slight: list[float]
-    heavy: list[float]
-    noisy: list[float]
-
-
-def _unjudged(text: str, sign: int, why: str) -> Claim:
-    """A claim the grid cannot judge, listed with the reason instead of left out."""
-    return Claim(text, f"not judged: the grid lacks {why}", RULE_POS if sign > 0 else RULE_NEG, NOT_JUDGED,
-                 float("nan"), float("nan"), 0, sign)
-
-
-def _pct(ratios) -> str:
-    return ", ".join(ratio_percent(r) for r in ratios)
-
-
-def _transfer_claims(g: _Grid, id_lp: xr.DataArray, ood_lp: xr.DataArray, probe: str) -> list[Claim]:
-    """Claims 1 (ID) and 2 (OOD) on the probe's ID and OOD means."""
-    def at(da, ratios):
-        return da.sel(noise_ratio=ratios).mean("noise_ratio")
-
-    text_1a = f"1a. Slight pre-training noise improves ID transfer ({probe.upper()} ID mean, noisy − clean)"
-    text_1b = "1b. More noise hurts ID transfer relative to slight noise (ID mean, heavy − slight)"
-    text_2a = f"2a. Any pre-training noise hurts OOD transfer ({probe.upper()} OOD mean over noisy ratios − clean)"
-    text_2b = "2b. More noise hurts OOD more (slope of the OOD mean vs noise ratio, points per 10% noise)"
-    out = []
-    if g.zero is not None and g.slight:
-        out.append(_claim(text_1a.replace("noise improves", f"noise ({_pct(g.slight)}) improves"),
-                          (at(id_lp, g.slight) - id_lp.sel(noise_ratio=g.zero)).values, +1, "points", RULE_POS, 100))
-    else:
-        out.append(_unjudged(text_1a, +1, f"noise ratio 0 and a slight one ({_pct(SLIGHT)})"))
-    if g.slight and g.heavy:
-        out.append(_claim(text_1b.replace("More noise", f"More noise ({_pct(g.heavy)})"),
-                          (at(id_lp, g.heavy) - at(id_lp, g.slight)).values, -1, "points", RULE_NEG, 100))
-    else:
-        out.append(_unjudged(text_1b, -1, f"a slight ({_pct(SLIGHT)}) and a heavy ({_pct(HEAVY)}) noise ratio"))
-    if g.zero is not None and g.noisy:
-        out.append(_claim(text_2a, (at(ood_lp, g.noisy) - ood_lp.sel(noise_ratio=g.zero)).values, -1, "points",
-                          RULE_NEG, 100))
-    else:
-        out.append(_unjudged(text_2a, -1, "noise ratio 0 and a noise ratio > 0"))
-    if len(g.noisy) + (g.zero is not None) >= 2:
-        out.append(_claim(text_2b, _slope(ood_lp), -1, "points/10%", RULE_NEG, 10))
-    else:
-        out.append(_unjudged(text_2b, -1, "two noise ratios (a slope needs two)"))
-    return out
-
-
-def _spectrum_claims(g: _Grid, spec: xr.Dataset, centering: str) -> list[Claim]:
-    """Claims 3a-3d on the spectrum of the pre-trained features."""
-    texts = [(f"3a. Noise flattens the spectrum: higher SVE (mean over noisy ratios − clean; {centering} centring)",
-              "sve", +1, "nats"),
-             (f"3b. Noise lowers the top singular value's share p₁ (mean over noisy ratios − clean; {centering} "
-              "centring)", "p1", -1, "")]
-    slopes = [("3c. … and more so with more noise (slope of SVE vs noise ratio, nats per 10% noise)", "sve", +1,
-               "nats/10%"),
-              ("3d. … and more so with more noise (slope of p₁ vs noise ratio, per 10% noise)", "p1", -1, "/10%")]
-    out = []
-    for text, metric, sign, unit in texts:
-        if g.zero is not None and g.noisy:
-            effect = (spec[metric].sel(noise_ratio=g.noisy).mean("noise_ratio") - spec[metric].sel(noise_ratio=g.zero))
-            out.append(_claim(text, effect.values, sign, unit, RULE_POS if sign > 0 else RULE_NEG))
-        else:
-            out.append(_unjudged(text, sign, "noise ratio 0 and a noise ratio > 0"))
-    for text, metric, sign, unit in slopes:
-        if spec.sizes["noise_ratio"] >= 2:
-            out.append(_claim(text, _slope(spec[metric]), sign, unit, RULE_POS if sign > 0 else RULE_NEG, 0.1))
-        else:
-            out.append(_unjudged(text, sign, "two noise ratios (a slope needs two)"))
-    return out
-
-
-def _nmtune_claims(means: xr.Dataset, methods: list[str]) -> list[Claim]:
-    """Claims 4a-4d: NMTune against LP and MLP on the ID and OOD means, averaged over the noise ratios."""
-    out = []
-    letters = iter("abcd")
-    for other in ("lp", "mlp"):
-        for which in ("id_mean", "ood_mean"):
-            letter = next(letters)
-            if "nmtune" not in methods or other not in methods:
-                continue
-            diff = (means[which].sel({"method": "nmtune"}) - means[which].sel({"method": other})).mean("noise_ratio")
-            out.append(_claim(f"4{letter}. NMTune beats {other.upper()} on {which[:-5].upper()} (mean over noise "
-                              f"ratios, NMTune − {other.upper()})", diff.values, +1, "points", RULE_POS, 100))
-    return out
-
-
-def claim_id(claim: Claim) -> str:
-    """``"4a"`` of ``"4a. NMTune beats …"``."""
-    return claim.claim.split(".")[0]
-
-
-def judge_all(transfer: xr.Dataset, spectrum: xr.Dataset, **kwargs) -> list[Claim]:
-    """``judge_claims`` under every (setting, protocol) that holds results, each Claim tagged with both."""
-    out = []
-    for setting in transfer["setting"].values:
-        for protocol in transfer["protocol"].values:
-            part = transfer.sel(setting=setting, protocol=protocol)
-            if not np.isfinite(part["accuracy"].sel({"method": "lp"})).any():
-                continue  # e.g. the matched protocol under a robustness setting: not run
-            out += [replace(c, setting=str(setting), protocol=str(protocol))
-                    for c in judge_claims(part, spectrum, **kwargs)]
-    return out
-
-
-def claims_table(claims: list[Claim]):
-    import pandas as pd
-
-    frame = pd.DataFrame([asdict(c) for c in claims])
-    return frame[["protocol", "claim", "effect", "verdict", "rule"]] if claims else frame
-
-
-def claims_records(claims: list[Claim]) -> list[dict]:
-    return [asdict(c) for c in claims]
-
-
-def claims_document(claims: list[Claim], study) -> dict:
-    """``claims.json``: the claims, the grid they cover (``noise_ratios``, ``seeds``) and the sha256 of every result
-    file read (named relative to the study folder), so that a stale or partial summary can be told from a fresh one."""
-    from .markers import digests
-
-    inputs, _ = study.summary_files()
-    return {"grid": {"noise_ratios": list(study.config.noise_ratios), "seeds": list(study.config.seeds)},
-            "inputs": digests(inputs), "claims": claims_records(claims)}
-
-
-def robustness_table(claims: list[Claim]):
-    """claim × setting → verdict (setting = "<protocol>" or "<protocol>, <robustness setting>"), and whether every
-    setting agrees (``robust``)."""
-    import pandas as pd
-
-    rows = [dict(claim=claim_id(c), setting=c.protocol + ("" if c.setting == "base" else f", {c.setting}"),
-                 verdict=c.verdict, effect=c.effect) for c in claims]
-    frame = pd.DataFrame(rows)
-    agree = frame.groupby("claim")["verdict"].agg(lambda v: v.nunique() == 1)
-    return frame.assign(robust=frame["claim"].map(agree))
-
-
-def stability(claims: list[Claim], *, resamples: int = 1000, seed: int = 0):
-    """How often each verdict survives a bootstrap over seeds: the seeds' paired effects are resampled with
-    replacement ``resamples`` times and judged by the same rule; ``agreement`` is the share of resamples whose
-    verdict equals the one on all seeds. A proxy for a rerun on another machine, where CPU kernels differ."""
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    rows = []
-    for c in claims:
-        x = np.asarray(c.per_seed, dtype=float)
-        x = x[np.isfinite(x)]
-        if len(x) < 2:
-            rows.append(dict(protocol=c.protocol, setting=c.setting, claim=claim_id(c), verdict=c.verdict,
-                             agreement=float("nan")))
-            continue
-        draws = x[rng.integers(0, len(x), size=(resamples, len(x)))]
-        same = [verdict(*mean_ci(d), c.sign) == c.verdict for d in draws]
-        rows.append(dict(protocol=c.protocol, setting=c.setting, claim=claim_id(c), verdict=c.verdict,
-                         agreement=float(np.mean(same))))
-    return pd.DataFrame(rows)
+    return next((float(r) for r in ratios if np.isclose(r, 0.0)), None)
 
 
 def paired_effect(a: xr.DataArray, b: xr.DataArray) -> tuple[float, float, int]:
@@ -389,7 +136,7 @@ def noise_effects(transfer: xr.Dataset, *, probe: str = "lp", setting: str = "ba
 
     rows = []
     ratios = [float(r) for r in transfer["noise_ratio"].values]
-    zero = _clean_ratio(ratios)
+    zero = clean_ratio(ratios)
     for protocol, labels, values in _probe_scores(transfer, probe=probe, setting=setting, by=by):
         for r in ratios if zero is not None else ():  # no clean run: nothing to compare with
             if r == zero:
@@ -470,7 +217,7 @@ def sensitivity(transfer: xr.Dataset, *, task: str, config) -> "pd.DataFrame":
                                  noise_ratio=f"{r:g}", mean_points=mean, half_width_points=half,
                                  n_seeds=int(np.isfinite(diff.sel(noise_ratio=r).values).sum())))
             if diff.sizes["noise_ratio"] > 1:
-                mean, half = mean_ci(_slope(diff) * 10)
+                mean, half = mean_ci(slope(diff) * 10)
                 rows.append(dict(variant=name, reg_scale=scale, single_lambda=lam, metric=metric,
                                  noise_ratio="slope/10%", mean_points=mean, half_width_points=half,
                                  n_seeds=diff.sizes["seed"]))
@@ -506,3 +253,34 @@ def means_table(transfer: xr.Dataset) -> pd.DataFrame:
             frame = frame.T if frame.index.name != "method" else frame
             rows.append(frame.assign(metric=name).set_index("metric", append=True))
     return pd.concat(rows).round(2)
+
+
+RUN_TABLE_METHODS = ("lp", "mlp", "nmtune", "ft")  # the heads whose scores runs.csv lists (not the ablation's)
+
+
+def run_table(transfer: xr.Dataset, spectrum: xr.Dataset, *, centering: str = "column"):
+    """``runs.csv``: one row per run (noise_ratio, seed) with the spectrum metrics of its backbone's features (SVE,
+    p₁ under ``centering``; ``*_pretrain`` on the pre-training test split, ``*_id`` and ``*_ood`` averaged over the
+    ID and the OOD tasks' frozen test features where the runs hold them) and every head's ID and OOD mean accuracy
+    (%) under every protocol, base setting (columns ``<protocol>_<method>_id``, ``…_ood``): what the mechanism
+    analysis regresses transfer on, run by run."""
+    import pandas as pd
+
+    from .claims import downstream_spectrum
+
+    spec = spectrum.sel(centering=centering)
+    if "dataset" in spec.dims:
+        spec = spec.isel(dataset=0)
+    columns = {f"{m}_pretrain": spec[m] for m in ("sve", "p1")}
+    for which, metrics in downstream_spectrum(transfer, centering).items():
+        columns.update({f"{m}_{which.lower()}": metrics[m] for m in ("sve", "p1")})
+    for protocol in transfer["protocol"].values:
+        means = id_ood_means(transfer.sel(setting="base", protocol=protocol)) * 100
+        for method in [m for m in means["method"].values if m in RUN_TABLE_METHODS]:
+            for which in ("id", "ood"):
+                values = means[f"{which}_mean"].sel({"method": method})
+                if np.isfinite(values).any():
+                    columns[f"{protocol}_{method}_{which}"] = values
+    frame = xr.Dataset({k: v.drop_vars([c for c in v.coords if c not in ("noise_ratio", "seed")])
+                        for k, v in columns.items()}).to_dataframe().reset_index()
+    return frame[["noise_ratio", "seed", *columns]].sort_values(["noise_ratio", "seed"])

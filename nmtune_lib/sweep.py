@@ -498,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
         scores_parser.add_argument("--method", default="lp", help="the head whose scores to read: lp (default), mlp "
                                    "or nmtune, where the set's task_scores.csv has them, or a difference of two "
                                    "seed by seed, e.g. nmtune-mlp")
+    rj = sub.add_parser("rejudge", help="re-judge committed report sets from their tables: p-values, Holm-adjusted "
+                        "verdicts, per-ratio claims, robustness over applicable settings (nmtune_lib.rejudge)")
+    rj.add_argument("folders", nargs="+", metavar="FOLDER", help="report sets holding claims.csv, e.g. reports/fine")
     mm = sub.add_parser("memorisation", help="flipped labels predicted by each noisy run's backbone vs the clean "
                         "backbone of its seed; writes <out>/<preset>/memorisation.csv (nmtune_lib.memorisation)")
     _report_arguments(mm)
@@ -519,6 +522,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "memorisation.csv", frame.to_csv(index=False))
             print(memorisation_table(frame))
+            return 0
+        if args.command == "rejudge":
+            from .rejudge import rejudge
+
+            for folder in args.folders:
+                print(f"{folder}: {'re-judged' if rejudge(folder) is not None else 'already in the new form'}")
             return 0
         if args.command in ("timing", "effects", "scores", "contrast"):
             from .report_tables import folder_table

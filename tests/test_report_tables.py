@@ -9,25 +9,27 @@ import pytest
 from nmtune_lib.report_tables import (compare_claims, effects_table, folder_table, format_effect, read_claims,
                                       short_claim, time_table, to_markdown)
 from nmtune_lib.memorisation import memorisation_table
-from nmtune_lib.summary import RULE_NEG, RULE_POS, _claim, _unjudged, claims_table
+from nmtune_lib.claims import adjust, claims_table, make_claim, unjudged
 from nmtune_lib.sweep import main
 
-TEXTS = {"1a": ("1a. Slight pre-training noise (5%, 10%) improves ID transfer (LP ID mean, noisy − clean)", +1),
-         "3a": ("3a. Noise flattens the spectrum: higher SVE (mean over noisy ratios − clean; column centring)", +1),
-         "3c": ("3c. … and more so with more noise (slope of SVE vs noise ratio, nats per 10% noise)", +1),
-         "4c": ("4c. NMTune beats MLP on ID (mean over noise ratios, NMTune − MLP)", +1)}
+TEXTS = {"1a": ("Slight pre-training noise (5%, 10%) improves ID transfer (LP ID mean, noisy − clean)", +1),
+         "3a": ("Noise flattens the spectrum: higher SVE (mean over noisy ratios − clean; column centring)", +1),
+         "3c": ("(the study's extension) More noise flattens it more (slope of SVE vs noise ratio, nats per 10% noise)",
+                +1),
+         "4c": ("NMTune beats MLP on ID (mean over noise ratios, NMTune − MLP)", +1)}
 
 
-def write_set(folder, per_seed: dict[str, list[float]], protocols=("reference", "matched"), unjudged=()):
+def write_set(folder, per_seed: dict[str, list[float]], protocols=("reference", "matched"), skipped=()):
     """A report set's claims.csv, written as notebook 05 writes it (claims_table of judged Claims)."""
     claims = []
     for protocol in protocols:
         for cid, (text, sign) in TEXTS.items():
-            claim = (_unjudged(text, sign, "5% or 10%") if cid in unjudged else
-                     _claim(text, np.array(per_seed[cid]), sign, "points", RULE_POS if sign > 0 else RULE_NEG))
+            form = "extension" if cid == "3c" else "paper"
+            claim = (unjudged(cid, text, form, sign, "5% or 10%") if cid in skipped else
+                     make_claim(cid, text, form, np.array(per_seed[cid]), sign, "points"))
             claims.append(replace(claim, protocol=protocol))
     folder.mkdir()
-    claims_table(claims).to_csv(folder / "claims.csv", index=False)
+    claims_table(adjust(claims)).to_csv(folder / "claims.csv", index=False)
     return folder
 
 
@@ -35,13 +37,13 @@ def test_cells_are_the_written_effects_and_verdicts(tmp_path):
     a = write_set(tmp_path / "default", {"1a": [-1.2, -1.5, -1.6, -1.3, -1.4], "3a": [0.04, 0.05, 0.03, 0.04, 0.04],
                                         "3c": [0.1, -0.1, 0.05, 0.0, 0.02], "4c": [0.2, 0.1, 0.25, 0.15, 0.2]})
     b = write_set(tmp_path / "asymmetric", {"3a": [0.3, 0.31, 0.32], "3c": [0.1, 0.09, 0.1], "4c": [5.0, -5.0, 1.0]},
-                  unjudged={"1a"})
+                  skipped={"1a"})
     table = compare_claims([a, b])
     assert list(table.columns) == ["default, reference", "asymmetric, reference", "default, matched",
                                    "asymmetric, matched"]
     assert list(table.index) == ["1a. Slight pre-training noise (5%, 10%) improves ID transfer",
                                  "3a. Noise flattens the spectrum: higher SVE",
-                                 "3c. … and more so with more noise (slope of SVE vs noise ratio)",
+                                 "3c. (the study's extension) More noise flattens it more",
                                  "4c. NMTune beats MLP on ID"]
     cell = table.loc[table.index[0], "default, reference"]
     mean, rest = cell.replace("−", "-").split(" ± ")

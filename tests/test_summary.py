@@ -4,9 +4,10 @@ import pytest
 import xarray as xr
 
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.summary import (ablation_table, decomposition, id_ood_means, interval_text, judge_all, judge_claims,
-                                mean_ci, noise_effects, robustness_table, score_levels, sensitivity, stability,
-                                task_scores, verdict)
+from nmtune_lib.claims import judge_all, judge_claims, resample_agreement, robustness_table
+from nmtune_lib.summary import (ablation_table, decomposition, id_ood_means, interval_text, noise_effects, score_levels,
+                                sensitivity, task_scores)
+from nmtune_lib.verdicts import mean_ci, verdict
 from nmtune_lib.transfer import Score, transfer_dataset
 
 RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3)
@@ -57,15 +58,22 @@ def _reference(transfer):
     return transfer.sel(setting="base", protocol="reference")
 
 
+PAPER_IDS = ["1a", "1b", "2a", "2b", "3a", "3b", "3c", "3d", "4a", "4b", "4c", "4d"]
+
+
 def _verdicts(claims):
-    return {c.claim.split(".")[0]: c.verdict for c in claims}
+    return {c.id: c.verdict for c in claims if c.id in PAPER_IDS}
 
 
 def test_the_paper_pattern_is_supported():
     transfer, spectrum = _grid(id_effect=0.02, ood_effect=-0.2, nmtune_gain=0.02, sve_slope=1.0)
-    v = _verdicts(judge_claims(_reference(transfer), spectrum))
-    assert sorted(v) == ["1a", "1b", "2a", "2b", "3a", "3b", "3c", "3d", "4a", "4b", "4c", "4d"]
-    assert set(v.values()) == {"supported"}
+    claims = judge_claims(_reference(transfer), spectrum)
+    v = _verdicts(claims)
+    assert sorted(v) == PAPER_IDS and set(v.values()) == {"supported"}
+    # 1a and 2a at every ratio they name, each ratio a cell of its own, and their averages beside them
+    assert [c.id for c in claims if c.id[:2] in ("1a", "2a")] == [
+        "1a", "1a@5%", "1a@10%", "1a-mean", "2a", "2a@5%", "2a@10%", "2a@20%", "2a@30%", "2a-mean"]
+    assert {c.id: c.support for c in claims}["2a"] == "4 of 4 ratios"
 
 
 def test_the_opposite_pattern_is_contradicted():
@@ -105,7 +113,7 @@ def test_interval_text_says_one_seed_instead_of_a_nan_half_width():
 def test_claims_per_protocol_and_the_decomposition_adds_up():
     transfer, spectrum = _grid(id_effect=0.02, ood_effect=-0.2, nmtune_gain=-0.02, sve_slope=1.0, matched_gain=0.02)
     claims = judge_all(transfer, spectrum)
-    v = {(c.protocol, c.claim.split(".")[0]): c.verdict for c in claims}
+    v = {(c.protocol, c.id): c.verdict for c in claims if c.setting == "base"}
     assert v[("reference", "4a")] == "contradicted" and v[("matched", "4a")] == "supported"
     assert v[("reference", "2b")] == v[("matched", "2b")] == "supported"
     d = decomposition(transfer).set_index(["protocol", "noise_ratio", "mean_of", "term"])["mean_points"]
@@ -116,12 +124,12 @@ def test_claims_per_protocol_and_the_decomposition_adds_up():
             assert d[(protocol, "all", which, "nmtune-lp")] == pytest.approx(total, abs=0.2)
             assert d[(protocol, "all", which, "mlp-lp")] == pytest.approx(total / 2, abs=0.2)
     robust = robustness_table(claims).drop_duplicates("claim").set_index("claim")["robust"]
-    assert not robust["4a"] and robust["2b"]
+    assert robust["4a"] == "no" and robust["2b"] == "yes"
     # runs with the linear probe alone (methods=["lp"]): no decomposition, and the claims without claim 4
     lp_only = transfer.sel({"method": ["lp"]})
     assert decomposition(lp_only).empty
     assert list(decomposition(lp_only).columns) == list(decomposition(transfer).columns)
-    assert not any(c.claim.startswith("4") for c in judge_all(lp_only, spectrum))
+    assert not any(c.id.startswith("4") for c in judge_all(lp_only, spectrum))
 
 
 def test_noise_effects_compare_each_ratio_with_clean_pretraining_of_the_same_seed():
@@ -221,13 +229,13 @@ def test_ablation_table_lists_every_head_but_the_probe_and_is_none_without_one()
     assert ablation_table(transfer.sel(task=["a"]), task="b") is None
 
 
-def test_stability_agrees_for_a_clear_effect_and_not_for_a_marginal_one():
+def test_agreement_over_seed_resamples_is_full_for_a_clear_effect_and_not_for_a_marginal_one():
     transfer, spectrum = _grid(id_effect=0.02, ood_effect=-0.2, nmtune_gain=0.02, sve_slope=1.0, noise=0.0005)
-    clear = stability(judge_claims(_reference(transfer), spectrum))
-    assert (clear.set_index("claim")["agreement"] == 1.0).all()
+    clear = resample_agreement(judge_claims(_reference(transfer), spectrum))
+    assert (clear.set_index("claim")["agreement_over_seed_resamples"] == 1.0).all()
     transfer, spectrum = _grid(id_effect=0.0, ood_effect=0.0, nmtune_gain=0.002, sve_slope=0.0, noise=0.002)
-    marginal = stability(judge_claims(_reference(transfer), spectrum)).set_index("claim")["agreement"]
-    assert marginal["1a"] < 1.0
+    marginal = resample_agreement(judge_claims(_reference(transfer), spectrum)).set_index("claim")
+    assert marginal.loc["1a-mean", "agreement_over_seed_resamples"] < 1.0
 
 
 def test_task_effects_figure_has_a_panel_per_protocol_and_kind_and_a_line_per_task():
