@@ -65,11 +65,21 @@ class Claim:
     support: str = ""  # "k of m ratios" (rows with parts)
     p_adjusted: float = math.nan  # Holm-adjusted two-sided p-value over the set's family
     verdict_adjusted: str = ""
+    support_adjusted: str = ""  # "k of m ratios" after adjustment (rows with parts)
     family_size: int = 0
 
 
 def claim_id(claim: Claim) -> str:
     return claim.id
+
+
+def claim_order(cid: str) -> tuple:
+    """Sort key of claim ids: by claim (1a, 1b, …), then the paper's row, its per-ratio cells (by ratio), its
+    average, its downstream variants: 2a, 2a@5%, 2a@10%, 2a-mean; 3a, 3a-ID, 3a-OOD."""
+    base, rest = cid[:2], cid[2:]
+    if rest.startswith("@"):
+        return base, 1, float(rest[1:].rstrip("%")), rest
+    return base, {"": 0, "-mean": 2, "-ID": 3, "-OOD": 4}.get(rest, 5), 0.0, rest
 
 
 def make_claim(cid: str, text: str, form: str, per_seed, sign: int, unit: str, scale: float = 1.0) -> Claim:
@@ -314,16 +324,16 @@ def adjust(claims: Sequence[Claim]) -> list[Claim]:
     for c in claims:
         if c.parts and c.verdict != NOT_JUDGED:
             cells = [x for x in out if x.id in c.parts and (x.setting, x.protocol) == (c.setting, c.protocol)]
-            v, _, _ = combine_every([x.verdict_adjusted for x in cells], [x.p_value for x in cells])
+            v, _, support = combine_every([x.verdict_adjusted for x in cells], [x.p_value for x in cells])
             out.append(replace(c, p_adjusted=max(x.p_adjusted for x in cells), verdict_adjusted=v,
-                               family_size=cells[0].family_size))
+                               support_adjusted=support, family_size=cells[0].family_size))
     order = {id(c): i for i, c in enumerate(claims)}
     by_key = {(c.setting, c.protocol, c.id): c for c in out}
     return [by_key[(c.setting, c.protocol, c.id)] for c in sorted(claims, key=lambda c: order[id(c)])]
 
 
 CLAIM_COLUMNS = ["protocol", "id", "claim", "form", "effect", "support", "verdict", "p_value", "verdict_adjusted",
-                 "p_adjusted", "family_size", "mean", "half_width", "n_seeds", "sign", "rule"]
+                 "support_adjusted", "p_adjusted", "family_size", "mean", "half_width", "n_seeds", "sign", "rule"]
 
 
 def claims_table(claims: list[Claim]):

@@ -53,7 +53,7 @@ def memorisation_frame(study, device: str = "cpu") -> pd.DataFrame:
 def memorisation_table(frame: pd.DataFrame) -> str:
     """Per noise ratio, mean ± 95 % half-width over seeds of own, clean_net and excess (paired by seed), in %, as
     Markdown."""
-    from .summary import mean_ci
+    from .verdicts import mean_ci
 
     lines = ["| noise | seeds | predicted as the noisy label: own network | clean network | excess (memorised) |",
              "|---|---|---|---|---|"]
@@ -62,3 +62,14 @@ def memorisation_table(frame: pd.DataFrame) -> str:
                  for c in COLUMNS for m, h in [mean_ci(part[c].to_numpy())]]
         lines.append(f"| {ratio_percent(ratio)} | {len(part)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def write_memorisation(study, out_dir) -> "Path":
+    """``memorisation.csv`` of ``study`` in ``out_dir`` (``memorisation_frame``), written atomically."""
+    from pathlib import Path
+
+    from .files import atomic_write_text
+
+    out = Path(out_dir) / "memorisation.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(out, memorisation_frame(study).to_csv(index=False))

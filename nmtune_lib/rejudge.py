@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import (BASE, SLIGHT, TEXT_1A, TEXT_2A, Claim, adjust, claims_table, every, from_interval, ratio_texts,
+from .claims import (BASE, claim_order, SLIGHT, TEXT_1A, TEXT_2A, Claim, adjust, claims_table, every, from_interval, ratio_texts,
                      robustness_table, unjudged)
 from .files import atomic_write_text
 
@@ -111,7 +111,8 @@ def claims_from_tables(folder: str | Path) -> list[Claim]:
             if setting and row["claim"] in text_of:
                 claims.append(_old_claim(row["claim"], text_of[row["claim"]], row["effect"], sign_of[row["claim"]],
                                          protocol, setting))
-    return adjust(claims)
+    return sorted(adjust(claims), key=lambda c: (c.setting != BASE, c.setting, c.protocol != "reference",
+                                                 claim_order(c.id)))
 
 
 def rejudge(folder: str | Path) -> list[Claim] | None:

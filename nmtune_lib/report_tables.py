@@ -105,7 +105,10 @@ def compare_claims(folders: Sequence[str | Path], protocols: Sequence[str] = PRO
     labels = [Path(f).name for f in folders] if labels is None else list(labels)
     sets = {label: read_claims(folder) for label, folder in zip(labels, folders)}
     rows = pd.concat(sets.values())
+    from .claims import claim_order
+
     rows = rows[rows["form"].isin(forms)].drop_duplicates("id")
+    rows = rows.iloc[sorted(range(len(rows)), key=lambda i: claim_order(rows["id"].iloc[i]))]
     order = list(rows["id"])
     names = [short_claim(text) for text in rows["claim"]]
     column = "verdict_adjusted" if adjusted else "verdict"
@@ -118,9 +121,18 @@ def compare_claims(folders: Sequence[str | Path], protocols: Sequence[str] = PRO
                                  f"{sorted(frame['protocol'].unique())}")
             table[f"{label}, {protocol}"] = [
                 "(same features)" if i.startswith(SPECTRUM_FAMILY) and protocol != protocols[0]
-                else format_effect(part.loc[i, "effect"], part.loc[i, column]) if i in part.index else "(absent)"
+                else claim_cell(part.loc[i], column) if i in part.index else "(absent)"
                 for i in order]
     return table
+
+
+def claim_cell(row: pd.Series, column: str) -> str:
+    """A claim's cell: its effect (or, for an "at every ratio" row, how many ratios support it, after adjustment
+    where the verdict is the adjusted one) and its verdict in bold."""
+    support = row.get("support_adjusted" if column == "verdict_adjusted" else "support")
+    if isinstance(support, str) and support:
+        return f"{support} **{row[column]}**"
+    return format_effect(row["effect"], row[column])
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -141,9 +153,9 @@ def time_table(folder: str | Path) -> str:
     runs = len(config["noise_ratios"]) * len(config["seeds"])
     lines = ["| stage | per run (1 core) | all runs |", "|---|---|---|"]
     for stage, value in seconds.drop("total").items():
-        per_run = "" if stage == "05_summary" else _seconds(value / runs)
-        lines.append(f"| `{stage}` | {per_run} | {_seconds(value)} |")
-    lines.append(f"| sweep, wall clock ({runs} runs) | | **{_seconds(seconds['total'])}** |")
+        per_run = "" if stage == "05_summary" else seconds_text(value / runs)
+        lines.append(f"| `{stage}` | {per_run} | {seconds_text(value)} |")
+    lines.append(f"| sweep, wall clock ({runs} runs) | | **{seconds_text(seconds['total'])}** |")
     return "\n".join(lines)
 
 
@@ -300,6 +312,6 @@ def _report_files(folder: str | Path, *names: str, made_by: str) -> list[Path]:
     return paths
 
 
-def _seconds(value: float) -> str:
+def seconds_text(value: float) -> str:
     """7.2 s, 44 s, 1,109 s."""
     return f"{value:.1f} s" if value < 10 else f"{value:,.0f} s"

@@ -498,6 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
         scores_parser.add_argument("--method", default="lp", help="the head whose scores to read: lp (default), mlp "
                                    "or nmtune, where the set's task_scores.csv has them, or a difference of two "
                                    "seed by seed, e.g. nmtune-mlp")
+    fd = sub.add_parser("findings", help="write reports/README.md and the README's generated blocks from the "
+                        "committed tables (nmtune_lib.findings)")
+    fd.add_argument("--check", action="store_true", help="regenerate in memory and fail, naming the first differing "
+                    "line, if the committed files differ")
+    ex = sub.add_parser("experiment", help="make one experiment of experiments.yaml: its sweep in its own run root, "
+                        "its tables copied, the findings regenerated (nmtune_lib.experiments)")
+    ex.add_argument("name", nargs="?", help="an experiment of experiments.yaml")
+    ex.add_argument("--list", action="store_true", help="list the experiments with their grid and last measured time")
+    ex.add_argument("--jobs", type=int, default=None, help="(default: the experiment's, 2)")
     rj = sub.add_parser("rejudge", help="re-judge committed report sets from their tables: p-values, Holm-adjusted "
                         "verdicts, per-ratio claims, robustness over applicable settings (nmtune_lib.rejudge)")
     rj.add_argument("folders", nargs="+", metavar="FOLDER", help="report sets holding claims.csv, e.g. reports/fine")
@@ -511,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "jobs", 1) < 1:
+        if (getattr(args, "jobs", 1) or 1) < 1:
             raise ValueError(f"--jobs {args.jobs}: expected an integer >= 1")
         if args.command == "memorisation":
             from .memorisation import memorisation_frame, memorisation_table
@@ -522,6 +531,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "memorisation.csv", frame.to_csv(index=False))
             print(memorisation_table(frame))
+            return 0
+        if args.command == "findings":
+            from .findings import check_findings, write_findings
+
+            if args.check:
+                problems = check_findings()
+                for problem in problems:
+                    print(f"nmtune findings --check: {problem}", file=sys.stderr)
+                return 1 if problems else 0
+            print(f"findings: {write_findings()}")
+            return 0
+        if args.command == "experiment":
+            from .experiments import experiment_table, load_experiments, run_experiment
+
+            experiments = load_experiments()
+            if args.list or not args.name:
+                print(experiment_table(experiments))
+                return 0
+            if args.name not in experiments:
+                raise ValueError(f"experiment {args.name!r} is not in experiments.yaml; accepted: "
+                                 f"{', '.join(experiments)}")
+            print(f"{args.name}: tables in {run_experiment(experiments[args.name], jobs=args.jobs)}")
+            from .findings import write_findings
+
+            print(f"findings: {write_findings()}")
             return 0
         if args.command == "rejudge":
             from .rejudge import rejudge
