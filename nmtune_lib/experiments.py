@@ -10,7 +10,6 @@ setting is named with the accepted ones.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,9 +136,12 @@ def run_experiment(experiment: Experiment, *, jobs: int | None = None) -> Path:
     failures = sweep(study, dict(experiment.settings), jobs=jobs or experiment.jobs)
     if failures:
         raise RuntimeError(f"{experiment.name}: {failures} run(s) failed (see above); nothing was copied")
-    for name in experiment.tables:
+    from .files import atomic_write_text
+    from .report import relocate
+
+    for name in experiment.tables:  # text tables, with the run root's path made relative
         if study.path(name).exists():
-            shutil.copyfile(study.path(name), report / name)
+            atomic_write_text(report / name, relocate(study.path(name).read_text(), (str(study.config.run_root),)))
     if experiment.memorisation:
         from .memorisation import write_memorisation
 

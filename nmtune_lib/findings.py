@@ -217,20 +217,28 @@ def sources(tables: Tables) -> str:
 
 
 def where(tables: Tables) -> str:
-    rows = ["| experiment | what it is | tables | made by |", "|---|---|---|---|"]
+    """Every experiment: what it is, its folder, how it is made, and its adjusted verdicts counted (a set with a
+    claims.csv), so that every committed claims table is read."""
+    rows = ["| experiment | what it is | tables | adjusted verdicts | made by |", "|---|---|---|---|---|"]
     for e in tables.experiments.values():
         link = Path(e.report).relative_to("reports").as_posix()
         made = "kept as committed" if e.kind == "record" else f"`{e.command()}`"
-        rows.append(f"| {e.name} | {e.description or e.question} | [{link}/]({link}/) | {made} |")
+        counts = "—"
+        if (tables.path(e.name) / "claims.csv").is_file():
+            frame = tables.frame(f"{e.name}/claims.csv")
+            judged = frame[frame["form"] != "component"]["verdict_adjusted"].value_counts()
+            counts = ", ".join(f"{int(judged[v])} {v}" for v in ("supported", "contradicted", "inconclusive")
+                               if v in judged)
+        rows.append(f"| {e.name} | {e.description or e.question} | [{link}/]({link}/) | {counts} | {made} |")
     return "## Where the results live\n\n" + "\n".join(rows)
 
 
-def findings_document(experiments: dict[str, Experiment] | None = None,
-                      spec: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, str], Tables]:
-    """(reports/README.md, the README's blocks by name, the tables read)."""
-    experiments = experiments if experiments is not None else load_experiments()
-    spec = spec if spec is not None else yaml.safe_load(EXPERIMENTS_FILE.read_text()).get("findings", [])
-    tables = Tables(experiments)
+def findings_document(root: Path = PROJECT_ROOT) -> tuple[str, dict[str, str], Tables]:
+    """(reports/README.md, the README's blocks by name, the tables read) of the project at ``root``."""
+    path = root / EXPERIMENTS_FILE.name
+    experiments = load_experiments(path)
+    spec = yaml.safe_load(path.read_text()).get("findings", [])
+    tables = Tables(experiments, root)
     sets = [s for s in MAIN_SETS if s in experiments]
     body = [INTRO, "## The paper's claims across the report sets"]
     for protocol in PROTOCOLS:
@@ -296,27 +304,29 @@ def apply_blocks(readme: str, blocks: dict[str, str]) -> str:
     return BLOCK.sub(lambda m: m.group(1) + blocks[m["name"]] + m.group(4), readme)
 
 
-def write_findings() -> Path:
+def write_findings(root: Path = PROJECT_ROOT) -> Path:
     """Write ``reports/README.md`` and the README's blocks."""
     from .files import atomic_write_text
 
-    document, blocks, _ = findings_document()
-    atomic_write_text(FINDINGS, document)
-    atomic_write_text(README, apply_blocks(README.read_text(), blocks))
-    return FINDINGS
+    document, blocks, _ = findings_document(root)
+    readme = root / README.name
+    atomic_write_text(root / FINDINGS.relative_to(PROJECT_ROOT), document)
+    atomic_write_text(readme, apply_blocks(readme.read_text(), blocks))
+    return root / FINDINGS.relative_to(PROJECT_ROOT)
 
 
-def check_findings() -> list[str]:
+def check_findings(root: Path = PROJECT_ROOT) -> list[str]:
     """What differs between the committed findings (and README blocks) and their regeneration: one message per
     file, naming its first differing line; empty when both agree."""
-    document, blocks, _ = findings_document()
+    document, blocks, _ = findings_document(root)
     problems = []
-    for path, expected in ((FINDINGS, document), (README, apply_blocks(README.read_text(), blocks))):
+    readme, findings = root / README.name, root / FINDINGS.relative_to(PROJECT_ROOT)
+    for path, expected in ((findings, document), (readme, apply_blocks(readme.read_text(), blocks))):
         have = path.read_text() if path.exists() else ""
         if have != expected:
             a, b = have.splitlines(), expected.splitlines()
             line = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            problems.append(f"{path.relative_to(PROJECT_ROOT)}: line {line + 1} differs from the regenerated "
+            problems.append(f"{path.relative_to(root)}: line {line + 1} differs from the regenerated "
                             f"findings:\n  committed:   {a[line] if line < len(a) else '(end of file)'}\n  "
                             f"regenerated: {b[line] if line < len(b) else '(end of file)'}\n(run nmtune findings)")
     return problems

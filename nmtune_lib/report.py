@@ -84,26 +84,97 @@ def drop_idle_mermaid(page: str) -> str:
     return page if 'class="jp-Mermaid"' in rest else rest
 
 
-def render_html(notebook: Path, out: Path, *, title: str = "") -> Path:
+# --- pages a reader can navigate, with no path of the machine that rendered them ----------------------------------
+
+ABSOLUTE = re.compile(r"(?:/work|/tmp|/home|/root|/Users)/[^\s'\"<>&]*")  # what relocate leaves in no page
+
+
+def relative_root(path: str) -> str:
+    """A run root (or a path in one) as it reads in a report: from its ``runs`` folder on (``/x/runs/probe`` →
+    ``runs/probe``), or ``runs`` for a root named otherwise."""
+    head, sep, tail = path.partition("/runs")
+    if sep and (not tail or tail.startswith("/")):
+        return "runs" + tail
+    return "runs"
+
+
+def relocate(text: str, run_roots: tuple[str, ...] = ()) -> str:
+    """``text`` with every absolute path of the rendering machine made relative: the run roots (``run_roots``, and
+    any ``…/runs``) from their ``runs`` folder on, the project root as ``.``; any other absolute path under a home,
+    /work or /tmp keeps only its name."""
+    from .config import PROJECT_ROOT
+
+    for root in sorted((r for r in run_roots if r), key=len, reverse=True):
+        text = text.replace(root, relative_root(root))
+    text = text.replace(f"{PROJECT_ROOT}/", "").replace(str(PROJECT_ROOT), ".")
+    return ABSOLUTE.sub(lambda m: relative_root(m.group(0)) if "/runs" in m.group(0)
+                        else "…/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+
+
+CONFIG_PRE = re.compile(r"(?<!</summary>)(<pre>)((?:(?!</pre>).)*?\n\s*'?run_root'?:(?:(?!</pre>).)*?</pre>)", re.S)
+
+
+def fold_configuration(page: str) -> str:
+    """Each printed configuration (a ``<pre>`` with a ``run_root`` line: the resolved config, or the notebook's
+    parameters) folded into a ``<details>`` block a reader opens when needed."""
+    def fold(match: re.Match) -> str:
+        what = "notebook parameters" if match.group(2).lstrip().startswith("{") else "resolved configuration"
+        return f"<details><summary>{what}</summary>{match.group(1)}{match.group(2)}</details>"
+
+    return CONFIG_PRE.sub(fold, page)
+
+
+NAV = re.compile(r'<p (?:class="nav"[^>]*|style="margin:1em 2em")>.*?</p>', re.S)
+PAGE_NAME = re.compile(r"(?P<kind>[a-z_]+)-(?P<ratio>\d+\.\d+)_seed(?P<seed>\d+)_(?P<notebook>\d\d_[a-z_]+)\.html$")
+
+
+def page_title(set_name: str, page: str) -> str:
+    """``"default · symmetric 10 % noise · seed 0 · 04 transfer"`` of a run page's file name, or of the summary."""
+    match = PAGE_NAME.search(page)
+    if not match:
+        return f"{set_name} · summary of the claims"
+    ratio = float(match["ratio"])
+    return (f"{set_name} · {match['kind']} {ratio * 100:g} % noise · seed {match['seed']} · "
+            f"{match['notebook'].replace('_', ' ', 1).replace('_', ' ')}")
+
+
+def finish_page(page: str, *, set_name: str, title: str, run_roots: tuple[str, ...] = ()) -> str:
+    """A rendered page made navigable and portable: its ``<title>`` and a bar linking the set's index and every
+    set (``reports/index.html``), its printed configurations folded (``fold_configuration``), no absolute path
+    (``relocate``). Idempotent: a finished page comes out unchanged."""
+    bar = (f'<p class="nav" style="margin:1em 2em"><a href="index.html">← {html.escape(set_name)}</a> · '
+           f'<a href="{"../" * (set_name.count("/") + 1)}index.html">all report sets</a> · <b>{html.escape(title)}</b></p>')
+    page = re.sub(r"<title>.*?</title>", f"<title>{html.escape(title)}</title>", page, count=1, flags=re.S)
+    page = NAV.sub(bar, page, count=1) if NAV.search(page) else re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + bar,
+                                                                       page, count=1)
+    return relocate(fold_configuration(page), run_roots)
+
+
+def render_html(notebook: Path, out: Path, *, set_name: str, run_roots: tuple[str, ...] = ()) -> Path:
     """One executed notebook → one HTML file (lab template, no input cells, figures embedded and compacted by
     ``compact_figures``, no idle mermaid loader: ``drop_idle_mermaid``) whose stylesheet is shared with every page of
-    every report set (``share_stylesheet`` into the folder above ``out``'s, the reports root), with ``title`` as its
-    title, a link back to the report's ``index.html`` and wide tables scrolling inside the page."""
+    every report set (``share_stylesheet`` into the reports root), finished by ``finish_page``; wide tables scroll
+    inside the page."""
     import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
                             exclude_output_prompt=True)
-    title = title or notebook.stem
+    title = page_title(set_name, out.name)
     body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4),
                                           resources={"metadata": {"name": title}})
-    back = (f'<p style="margin:1em 2em"><a href="index.html">← nmtune-study report index</a> · '
-            f'{html.escape(title)}</p>')
-    body, _ = share_stylesheet(body, out.parent.parent, "../")
+    depth = set_name.count("/") + 1
+    body, _ = share_stylesheet(body, _reports_root(out, depth), "../" * depth)
     body = drop_idle_mermaid(compact_figures(body))  # after: the theme's own tiny images stay as nbconvert wrote them
     body = body.replace("</head>", PAGE_STYLE + "</head>", 1)
-    body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + back, body, count=1)
-    return atomic_write_text(out, body)
+    return atomic_write_text(out, finish_page(body, set_name=set_name, title=title, run_roots=run_roots))
+
+
+def _reports_root(out: Path, depth: int) -> Path:
+    root = out.parent
+    for _ in range(depth):
+        root = root.parent
+    return root
 
 
 def remove_stale_stylesheets(out_root: Path) -> None:
@@ -118,70 +189,52 @@ def remove_stale_stylesheets(out_root: Path) -> None:
 
 def report(study: Study, out_root: Path, *, all_seeds: bool = False) -> Path:
     """Render the summary and the executed run notebooks (seed 0 of each ratio unless ``all_seeds``) into
-    ``out_root/<preset>/`` and write ``index.html`` with the claims table on top."""
+    ``out_root/<preset>/``, copy the summary's tables and figures there, and write the set's ``index.html`` and the
+    index of every set (``out_root/index.html``)."""
     config = study.config
     if not study.dir.is_dir():
         raise ValueError(f"no runs of preset {config.preset!r} under {config.run_root}: run "
                          f"'nmtune sweep --preset {config.preset}' first, or pass the --run-root it used")
     out = out_root / config.preset
     out.mkdir(parents=True, exist_ok=True)
-    pages: list[tuple[str, str]] = []
+    roots = (str(config.run_root),)
     summary = study.path(f"{SUMMARY_NOTEBOOK}.ipynb")
     if summary.exists():
-        render_html(summary, out / f"{SUMMARY_NOTEBOOK}.html", title=f"{config.preset}: summary")
-        pages.append(("Summary: the paper's claims, figures and tables", f"{SUMMARY_NOTEBOOK}.html"))
+        render_html(summary, out / f"{SUMMARY_NOTEBOOK}.html", set_name=config.preset, run_roots=roots)
     for run in study.runs():
         if not all_seeds and run.seed != config.seeds[0]:
             continue
         for name in RUN_NOTEBOOKS:
             if run.notebook(name).exists():
-                target = f"{run.dir.parent.name}_seed{run.seed}_{name}.html"
-                render_html(run.notebook(name), out / target, title=f"{config.preset}: {run.name}, {name}")
-                pages.append((f"{run.name} · {name}", target))
-    figures = sorted(study.dir.glob("*.png"))  # the summary's key figures, shown on the index
-    tables = sorted(study.dir.glob("*.csv"))  # claims, decomposition, noise_effects, sensitivity, … timing
-    extra = [study.path("config.yaml")] if study.path("config.yaml").exists() else []
-    for path in figures:  # compacted as the pages' figures are
+                render_html(run.notebook(name), out / f"{run.dir.parent.name}_seed{run.seed}_{name}.html",
+                            set_name=config.preset, run_roots=roots)
+    for path in sorted(study.dir.glob("*.png")):  # the summary's key figures, compacted as the pages' figures are
         atomic_write(out / path.name, lambda fh, f=path: fh.write(compact_png(f.read_bytes())))
-    for path in (*tables, *extra):
-        atomic_write(out / path.name, lambda fh, f=path: fh.write(f.read_bytes()))
-    claims = study.path("claims.json")
-    records = json.loads(claims.read_text()) if claims.exists() else None
-    if isinstance(records, dict):  # summary.claims_document; run roots made before it hold the bare list
-        records = records["claims"]
-    table = _claims_html(records) if records else \
-        "<p>No claims table yet: run <code>nmtune sweep</code> (notebook 05 writes it).</p>"
-    links = "\n".join(f'<li><a href="{html.escape(href)}">{html.escape(title)}</a></li>' for title, href in pages)
-    atomic_write_text(out / "index.html", f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>nmtune-study · {config.preset}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}
-.supported{{background:#e6f4ea}}.contradicted{{background:#fce8e6}}.inconclusive{{background:#fef7e0}}</style>
-</head><body>
-<h1>nmtune-study · preset <code>{config.preset}</code></h1>
-<p>Label noise in pre-training and NMTune (Chen et al., ICLR 2024), regenerated by <code>make study</code>.</p>
-<h2>Claims of the paper, as measured here</h2>
-{table}
-{"".join(f'<p><img src="{html.escape(f.name)}" style="max-width:100%"></p>' for f in figures)}
-<h2>Tables (CSV)</h2>
-<ul>
-{"".join(f'<li><a href="{html.escape(t.name)}">{html.escape(t.name)}</a></li>' for t in (*tables, *extra))}
-</ul>
-<h2>Notebooks</h2>
-<ul>
-{links}
-</ul>
-</body></html>
-""")
+    for path in (*sorted(study.dir.glob("*.csv")), study.path("config.yaml")):
+        if path.exists():
+            atomic_write_text(out / path.name, relocate(path.read_text(), roots))
+    from .report_index import write_indexes
+
+    write_indexes(out_root, also=(config.preset,))
     remove_stale_stylesheets(out_root)
     return out / "index.html"
 
 
-def _claims_html(claims: list[dict[str, Any]]) -> str:
-    head = "<tr><th>protocol</th><th>claim</th><th>measured effect (95% CI)</th><th>rule</th><th>verdict</th></tr>"
-    rows = "\n".join(
-        f'<tr class="{html.escape(c["verdict"])}"><td>{html.escape(c.get("protocol", ""))}</td>'
-        f'<td>{html.escape(c["claim"])}</td>'
-        f'<td>{html.escape(c["effect"])}</td><td>{html.escape(c["rule"])}</td>'
-        f'<td>{html.escape(c["verdict"])}</td></tr>' for c in claims)
-    return f"<table>{head}\n{rows}</table>"
+def refinish_pages(out_root: Path) -> list[Path]:
+    """Every committed page of every report set under ``out_root`` finished again (``finish_page``: title, links,
+    folded configuration, no absolute path), and every text table relocated; the files that changed."""
+    changed = []
+    for page in sorted(out_root.glob("*/*.html")):
+        if page.name == "index.html":
+            continue
+        text = page.read_text()
+        new = finish_page(text, set_name=page.parent.name, title=page_title(page.parent.name, page.name))
+        if new != text:
+            atomic_write_text(page, new)
+            changed.append(page)
+    for table in sorted((*out_root.rglob("*.csv"), *out_root.rglob("*.yaml"))):
+        text = table.read_text()
+        if ABSOLUTE.search(text):
+            atomic_write_text(table, relocate(text))
+            changed.append(table)
+    return changed

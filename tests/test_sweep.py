@@ -69,14 +69,20 @@ def test_notebook_05_wrote_the_claims_table(smoke_sweep):
 
     table = pd.read_csv(smoke_sweep / "smoke" / "claims.csv")
     for protocol in ("reference", "matched"):  # claim 4 under both protocols
-        ids = {c.split(".")[0] for c in table.loc[table["protocol"] == protocol, "claim"]}
-        assert {"4a", "4b", "4c", "4d"} <= ids
+        ids = set(table.loc[table["protocol"] == protocol, "id"])
+        assert {"4a", "4b", "4c", "4d", "3a-ID", "3b-OOD"} <= ids  # claim 3 on the downstream features too
+    assert {"p_value", "verdict_adjusted", "p_adjusted"} <= set(table.columns)
     sens = pd.read_csv(smoke_sweep / "smoke" / "sensitivity.csv")
     assert {"reg_scale", "noise_ratio", "mean_points", "half_width_points"} <= set(sens.columns)
     assert set(sens["variant"]) == {"nmtune", "nmtune_x10", "nmtune_single0.01"}  # the smoke preset's scales
     robust = pd.read_csv(smoke_sweep / "smoke" / "robustness.csv")
-    assert set(robust["setting"]) == {"reference", "matched", "reference, head_epochs=1"}
-    assert (smoke_sweep / "smoke" / "decomposition.csv").exists() and (smoke_sweep / "smoke" / "stability.csv").exists()
+    assert set(robust["setting"]) == {"reference", "matched", "reference, head_epochs=1", "reference, centering=row",
+                                      "reference, centering=none"}
+    assert set(robust.loc[robust["claim"] == "3a", "applicable"]) == {"yes", "no"}  # head settings: not applicable
+    assert (smoke_sweep / "smoke" / "decomposition.csv").exists()
+    assert (smoke_sweep / "smoke" / "resample_agreement.csv").exists()
+    runs = pd.read_csv(smoke_sweep / "smoke" / "runs.csv")  # one row per run: its spectrum beside its scores
+    assert len(runs) == len(RUNS) and {"sve_pretrain", "p1_id", "reference_lp_ood"} <= set(runs.columns)
     effects = pd.read_csv(smoke_sweep / "smoke" / "noise_effects.csv")  # the smoke grid: 20 % against 0 %, 1 seed
     assert set(effects["noise_ratio"]) == {0.2} and set(effects["mean_of"]) == {"ID", "OOD"}
     assert (effects["n_seeds"] == 1).all() and effects["half_width_points"].isna().all()
@@ -205,7 +211,8 @@ def test_report_index_links_every_rendered_notebook(smoke_sweep, tmp_path):
     for page in pages:
         assert f'href="{page}"' in index
         text = (tmp_path / "smoke" / page).read_text()
-        assert 'href="index.html"' in text and "<title>smoke: " in text  # a title and a way back
+        assert 'href="index.html"' in text and "<title>smoke · " in text  # a title and a way back
+        assert str(smoke_sweep) not in text and "<details><summary>" in text  # relative paths; config folded
         assert "jp-Mermaid" not in text  # no diagram, so no mermaid loader (drop_idle_mermaid)
         if page.endswith(("01_noise_injection.html", "02_pretrain.html", "05_summary.html")):
             assert "data:image/png;base64" in (tmp_path / "smoke" / page).read_text()  # figures embedded
@@ -292,12 +299,14 @@ def test_the_mermaid_loader_is_dropped_from_pages_without_a_diagram():
 
 
 def test_the_readme_xarray_block_runs_on_a_sweep(smoke_sweep, capsys):
-    """The README's "Read the results yourself" block, pointed at the smoke sweep instead of runs/default."""
-    import re
+    """The README's "Read the results yourself" block (its Python code block, found by a Markdown parser), pointed
+    at the smoke sweep instead of runs/default."""
+    import mistune
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Read the results yourself (xarray)", 1)[1]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    tokens = mistune.create_markdown(renderer="ast")((ROOT / "README.md").read_text())
+    heading = next(i for i, t in enumerate(tokens) if t["type"] == "heading"
+                   and t["children"][0].get("raw", "").startswith("Read the results yourself"))
+    block = next(t["raw"] for t in tokens[heading:] if t["type"] == "block_code" and t["attrs"]["info"] == "python")
     call = 'Study.from_parameters("default")'
     assert call in block, "the README block no longer reads the default grid: update this test"
     exec(block.replace(call, f'Study.from_parameters("smoke", run_root={str(smoke_sweep)!r})'), {})
