@@ -51,11 +51,11 @@ data:
 	else \
 	  echo "data: Fashion-MNIST not found. Either 'sudo apt-get install dataset-fashion-mnist'," \
 	       "or set NMTUNE_DATA to a folder with the four idx .gz files" \
-	       "(python -c 'from nmtune_lib.data import load_dataset; load_dataset(\"fashion_mnist\", \"train\", root=\"DIR\", download=True)'" \
+	       "(python -c 'from nmtune_lib.data.datasets import load_dataset; load_dataset(\"fashion_mnist\", \"train\", root=\"DIR\", download=True)'" \
 	       "downloads them into DIR; then NMTUNE_DATA=DIR)." >&2; \
 	  exit 1; \
 	fi
-	@$(PY) -c "from nmtune_lib.data import load_dataset; load_dataset('fashion_mnist', 'test')" \
+	@$(PY) -c "from nmtune_lib.data.datasets import load_dataset; load_dataset('fashion_mnist', 'test')" \
 	  || { echo "data: Fashion-MNIST is not readable where the study looks for it (see the error above)" >&2; exit 1; }
 
 # A real one-node Slurm cluster on this machine (munge, MariaDB + slurmdbd, slurmctld, slurmd; as root), for

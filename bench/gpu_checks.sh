@@ -30,15 +30,15 @@ step() { local name=$1 limit_var=LIMIT_$1; local limit=${!limit_var:-$2}; shift 
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?; tail -n 25 "$OUT/$name.log"
   echo "=== $name rc=$rc in $((SECONDS - t0)) s"; }
 step pretrain_throughput 120 $PY bench/pretrain_throughput.py --out "$OUT/pretrain_throughput.json"
-step gpu_epoch 180 $PY -m nmtune_lib.pretrain --preset gpu --noise-ratio 0.1 --seed 0 --set epochs=1 \
+step gpu_epoch 180 $PY -m nmtune_lib.pretraining.pretrain --preset gpu --noise-ratio 0.1 --seed 0 --set epochs=1 \
   --run-root "$OUT/runs" --no-progress
-step torchrun_epoch 100 torchrun --standalone --nproc_per_node=1 -m nmtune_lib.pretrain --preset gpu \
+step torchrun_epoch 100 torchrun --standalone --nproc_per_node=1 -m nmtune_lib.pretraining.pretrain --preset gpu \
   --noise-ratio 0.0 --seed 0 --set epochs=1 compile=false --run-root "$OUT/runs_ddp" --no-progress
 step head_tuning 120 $PY bench/head_tuning.py --device cuda --views 4 --epochs 10 --out "$OUT/head_tuning.json"
 step head_profile 90 $PY bench/head_step_profile.py --device cuda --heads 8 --svd-driver "${SVD_DRIVER:-}" --out "$OUT/head_profile.json"
 step svd_routes 90 $PY bench/svd_routes.py --device cuda --out "$OUT/svd_routes.json"
 step head_batched 150 $PY bench/head_tuning.py --quick --device cuda --svd-driver "${SVD_DRIVER:-}" --json "$OUT/head_batched.json"
-step default_grid 300 $PY -m nmtune_lib.sweep sweep --preset default --set device=cuda --set "svd_driver=${SVD_DRIVER:-}" --jobs "${GRID_JOBS:-8}" \
+step default_grid 300 $PY -m nmtune_lib.study.sweep sweep --preset default --set device=cuda --set "svd_driver=${SVD_DRIVER:-}" --jobs "${GRID_JOBS:-8}" \
   --run-root "$OUT/grid"
 if wanted default_grid; then  # the study folder's tables: timing.csv (written after every run), config.yaml, claims
   mkdir -p "$OUT/default_grid"
@@ -52,7 +52,7 @@ if wanted streamed; then  # a small ImageNet-style folder of real images (Fashio
 import sys
 from pathlib import Path
 from PIL import Image
-from nmtune_lib.data import load_dataset
+from nmtune_lib.data.datasets import load_dataset
 root, test = Path(sys.argv[1]), load_dataset("fashion_mnist", "test")
 for c, name in enumerate(("n01440764", "n01443537", "n01484850")):
     images = test.images[test.labels == c][:600]
@@ -62,10 +62,10 @@ for c, name in enumerate(("n01440764", "n01443537", "n01484850")):
             Image.fromarray(image[0].numpy()).save(root / "imagenet" / split / name / f"{i:04d}.png")
 PY
 fi
-step streamed 120 $PY -m nmtune_lib.pretrain --preset smoke --noise-ratio 0.1 --seed 0 --dataset imagenet \
+step streamed 120 $PY -m nmtune_lib.pretraining.pretrain --preset smoke --noise-ratio 0.1 --seed 0 --dataset imagenet \
   --device cuda --set data_root="$OUT/folders" stream=true loader_workers=4 img_size=64 epochs=2 \
   --run-root "$OUT/runs_stream" --no-progress
-step clip_epoch 150 $PY -m nmtune_lib.pretrain --preset clip --noise-ratio 0.1 --seed 0 --device cuda \
+step clip_epoch 150 $PY -m nmtune_lib.pretraining.pretrain --preset clip --noise-ratio 0.1 --seed 0 --device cuda \
   --set epochs=1 --run-root "$OUT/runs_clip" --no-progress
 for name in runs runs_stream runs_clip; do
   cp "$OUT"/$name/*/*/*/seed0/pretrain.json "$OUT/${name}_pretrain.json" 2>/dev/null

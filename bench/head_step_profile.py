@@ -29,8 +29,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # svd_routes
 
-from nmtune_lib.batched_tuning import fit_heads  # noqa: E402
-from nmtune_lib.models import resolve_device  # noqa: E402
+from nmtune_lib.transfer.tuning import fit_heads  # noqa: E402
+from nmtune_lib.pretraining.models import resolve_device  # noqa: E402
 from nmtune_lib.reference import BATCH_SIZE  # noqa: E402
 from svd_routes import measure as svd_routes, sync  # noqa: E402
 

@@ -68,15 +68,15 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nmtune_lib import batched_tuning  # noqa: E402
-from nmtune_lib.augment import ViewAugment, random_crop_flip, to_float  # noqa: E402
-from nmtune_lib.data import load_dataset  # noqa: E402
-from nmtune_lib.features import extract_features  # noqa: E402
+from nmtune_lib.transfer import tuning as batched_tuning  # noqa: E402
+from nmtune_lib.data.augment import ViewAugment, random_crop_flip, to_float  # noqa: E402
+from nmtune_lib.data.datasets import load_dataset  # noqa: E402
+from nmtune_lib.spectrum.features import extract_features  # noqa: E402
 from nmtune_lib.files import atomic_write_json, file_sha256  # noqa: E402
-from nmtune_lib.models import create_backbone, freeze, resolve_device  # noqa: E402
+from nmtune_lib.pretraining.models import create_backbone, freeze, resolve_device  # noqa: E402
 from nmtune_lib.reference import BATCH_SIZE, EPOCHS, EXPANSION  # noqa: E402
-from nmtune_lib.tuning import fit_head  # noqa: E402
-from nmtune_lib.views import OnlineViews  # noqa: E402
+from nmtune_lib.transfer.tuning import fit_head  # noqa: E402
+from nmtune_lib.transfer.views import OnlineViews  # noqa: E402
 
 TARGET_RATIO, TARGET_ACC_POINTS = 20.0, 0.5
 BATCHED_BAR, BATCHED_GOAL, BATCHED_ACC_POINTS = 5.0, 10.0, 0.1  # issue 10: speed-up bar and goal, accuracy bound
@@ -88,7 +88,7 @@ VIEWS = ViewAugment(flip=False)  # the reference crop (scale 0.8-1.0); no flips:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="mnist5k", help="offline task dataset (nmtune_lib.data)")
+    p.add_argument("--dataset", default="mnist5k", help="offline task dataset (nmtune_lib.data.datasets)")
     p.add_argument("--backbone", default="resnet_narrow", help="timm model name for create_backbone")
     p.add_argument("--checkpoint", default=None, help="pre-trained backbone weights; none = a short warm-up")
     p.add_argument("--warmup-steps", type=int, default=300,
@@ -193,8 +193,8 @@ def batched_vs_one_by_one(backbone, train, test, args, device) -> dict:
 
     from nmtune_lib.config import StudyConfig
     from nmtune_lib.run import Run
-    from nmtune_lib.tasks import IN_DOMAIN, Task
-    from nmtune_lib.transfer import run_transfer
+    from nmtune_lib.transfer.tasks import IN_DOMAIN, Task
+    from nmtune_lib.transfer.downstream import run_transfer
 
     task = Task(args.dataset, "id", train, {IN_DOMAIN: test}, flip=False)  # digit tasks: no mirrored views
     config = StudyConfig.from_preset("default", head_epochs=args.epochs, ablation_task=task.name,
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = [int(v) for v in args.seeds.split(",")]
     train, test = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
     if args.train_subset:
-        from nmtune_lib.data import stratified_subset
+        from nmtune_lib.data.datasets import stratified_subset
 
         train = train.subset(stratified_subset(train.labels, args.train_subset, args.seed))
 

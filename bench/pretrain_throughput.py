@@ -1,11 +1,11 @@
-"""Pre-training throughput: the in-memory device path of nmtune_lib.pretrain (recipe.py) against a plain DataLoader + eager loop.
+"""Pre-training throughput: the in-memory device path of nmtune_lib.pretraining.pretrain (recipe.py) against a plain DataLoader + eager loop.
 
 For the `default` preset's model on the CPU and, where CUDA exists, the `gpu` preset's model on the GPU, one run
 measures images/second of a training step (augmentation, forward, backward, SGD step) along two paths on the same
 model and data:
 
 - in-memory: the whole uint8 split on the device, batched crop/flip as tensor ops, channels_last; on CUDA also bf16
-  autocast (and torch.compile with --compile), exactly the step nmtune_lib.pretrain runs;
+  autocast (and torch.compile with --compile), exactly the step nmtune_lib.pretraining.pretrain runs;
 - DataLoader: a map-style Dataset yielding one PIL image at a time through torchvision transforms (RandomCrop with
   padding, RandomHorizontalFlip, ToTensor), a torch DataLoader with 0 and/or N worker processes, fp32 NCHW eager
   training. The ratio column compares with the fastest DataLoader row.
@@ -34,14 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nmtune_lib.config import StudyConfig  # noqa: E402
-from nmtune_lib.models import create_backbone  # noqa: E402
-from nmtune_lib.recipe import FLIP, PAD, augment_batch, make_optimizer, train_step  # noqa: E402
+from nmtune_lib.pretraining.models import create_backbone  # noqa: E402
+from nmtune_lib.pretraining.recipe import FLIP, PAD, augment_batch, make_optimizer, train_step  # noqa: E402
 
 
 def load_train(dataset: str) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(uint8 N×1×28×28, int64 N, source): the real training split when its files exist, else synthetic."""
     try:
-        from nmtune_lib.data import load_dataset
+        from nmtune_lib.data.datasets import load_dataset
 
         split = load_dataset(dataset, "train")
         return split.images, split.labels, split.name
@@ -95,7 +95,7 @@ def _model(config: StudyConfig, device: torch.device, channels_last: bool):
 
 
 def in_memory(config, images, labels, device, *, warmup: int, steps: int, compile: bool) -> float:
-    """Images/s of nmtune_lib.pretrain's own step."""
+    """Images/s of nmtune_lib.pretraining.pretrain's own step."""
     cuda = device.type == "cuda"
     model = _model(config, device, channels_last=True).train()
     opt, _ = make_optimizer(model, config, 10 ** 6)
@@ -139,9 +139,9 @@ def dataloader(config, images, labels, device, *, warmup: int, steps: int, worke
 
 def full_run(preset: str) -> dict:
     """One whole pre-training run of ``preset`` at noise 0, seed 0 (Fashion-MNIST), timed end to end."""
-    from nmtune_lib.data import pretraining_data
-    from nmtune_lib.noise import inject_label_noise
-    from nmtune_lib.pretrain import pretrain
+    from nmtune_lib.data.datasets import pretraining_data
+    from nmtune_lib.data.noise import inject_label_noise
+    from nmtune_lib.pretraining.pretrain import pretrain
     from nmtune_lib.run import Run
 
     config = StudyConfig.from_preset(preset, progress=False)

@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nmtune_lib.spectrum import CENTERINGS, preprocess, singular_values, spectrum_metrics  # noqa: E402
+from nmtune_lib.spectrum.metrics import CENTERINGS, preprocess, singular_values, spectrum_metrics  # noqa: E402
 
 N, D, REPEATS, TARGET_S = 60_000, 512, 3, 2.0
 

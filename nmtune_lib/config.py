@@ -26,6 +26,18 @@ OBJECTIVES = ("supervised", "clip")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HEAD_MODES = ("cached", "online")
 CENTERINGS = ("column", "row", "none")
+# The names a config may use, checked here before any data is read; each stage owns what stands behind its names
+# (data.datasets loads DATASETS, transfer.tasks builds TASK_SUITES, data.paper_data describes PAPER_ID_NAMES;
+# tests check that both sides agree).
+DATASETS = ("fashion_mnist", "mnist5k", "uci_digits", "imagenet")
+FOLDER_DATASETS = ("imagenet",)  # read from <data_root>/<name>/ (data.image_folders), resized to img_size
+PAPER_ID_NAMES = ("cifar10", "cifar100", "food101", "flowers102", "oxford_pets", "stanford_cars", "fgvc_aircraft",
+                  "dtd", "svhn", "caltech101", "eurosat", "pcam", "resisc45", "rendered_sst2")  # docs/paper.md §4
+DOMAINNET_TASKS = ("domainnet_real", "domainnet_sketch")
+TASK_SUITES = {"default": ("fashion_mnist", "mnist5k", "uci_digits", "fmnist_domains_real", "fmnist_domains_sketch",
+                           "digits_shift"),
+               "domainnet": DOMAINNET_TASKS, "paper": (*PAPER_ID_NAMES, *DOMAINNET_TASKS)}
+ABLATION_TASKS = {"default": "fmnist_domains_real", "domainnet": "domainnet_real", "paper": "domainnet_real"}
 PROTOCOLS = ("reference", "matched")  # docs/paper.md "Two protocols for claim 4"
 ROBUSTNESS_FIELDS = ("head_epochs", "views", "head_mode")  # head settings a robustness variant may change
 
@@ -54,7 +66,7 @@ class StudyConfig:
 
     preset: str = "default"
     # --- grid -----------------------------------------------------------------------------------------------
-    dataset: str = "fashion_mnist"  # pre-training dataset (a name known to nmtune_lib.data)
+    dataset: str = "fashion_mnist"  # pre-training dataset (a name known to nmtune_lib.data.datasets)
     noise_ratios: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3)  # fractions of training labels flipped
     noise_kind: str = "symmetric"  # one of NOISE_KINDS
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # >= 5: a verdict must not hinge on one lucky t-interval
@@ -113,7 +125,7 @@ class StudyConfig:
     device: str = "auto"
     num_threads: int = 0  # 0 = every core this process may use (cores.usable_cores)
     run_root: str = ""  # "" = $NMTUNE_RUNS, else <project root>/runs; a relative path is taken from the project root
-    data_root: str = ""  # "" = the search order of nmtune_lib.data
+    data_root: str = ""  # "" = the search order of nmtune_lib.data.datasets
     task_suite: str = "default"  # downstream tasks (nmtune_lib.tasks.SUITES): default (offline) | domainnet | paper
     tasks: tuple[str, ...] = ()  # the suite's tasks to run, by name; () = all of them
     progress: bool = True  # tqdm bars (off in batch runs: one printed line per epoch instead)
@@ -123,8 +135,6 @@ class StudyConfig:
         object.__setattr__(self, "run_root", str(resolve_run_root(self.run_root)))
         _check_values(self)
         if not self.ablation_task:
-            from .tasks import ABLATION_TASKS
-
             object.__setattr__(self, "ablation_task", ABLATION_TASKS[self.task_suite])
 
     # --- construction ---------------------------------------------------------------------------------------
@@ -324,19 +334,23 @@ def _hint_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _check_values(cfg: StudyConfig) -> None:
-    from .data import DATASETS, FOLDER_DATASETS  # late imports: data and tasks import nothing from config
-    from .tasks import ABLATION_TASKS, SUITES, suite_task_names
-
+def _checker(cfg: "StudyConfig"):
+    """``need(ok, name, accepted)``: raise ``ValueError`` naming field ``name`` of ``cfg`` and what it accepts."""
     def need(ok: bool, name: str, accepted: str) -> None:
         if not ok:
             raise ValueError(f"config {name}={getattr(cfg, name)!r}: expected {accepted}")
 
+    return need
+
+
+def _check_names(cfg: "StudyConfig") -> None:
+    """Names a config may use: preset, dataset, tasks, noise kind, objective, captions, stream."""
+    need = _checker(cfg)
     need(cfg.preset in PRESETS, "preset", f"one of {', '.join(PRESETS)}")
     need(cfg.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}")
-    need(cfg.task_suite in SUITES, "task_suite", f"one of {', '.join(SUITES)}")
-    need(set(cfg.tasks) <= set(suite_task_names(cfg.task_suite)), "tasks",
-         f"names of task_suite {cfg.task_suite!r}'s tasks: {', '.join(suite_task_names(cfg.task_suite))}")
+    need(cfg.task_suite in TASK_SUITES, "task_suite", f"one of {', '.join(TASK_SUITES)}")
+    need(set(cfg.tasks) <= set(TASK_SUITES[cfg.task_suite]), "tasks",
+         f"names of task_suite {cfg.task_suite!r}'s tasks: {', '.join(TASK_SUITES[cfg.task_suite])}")
     need(len(cfg.noise_ratios) > 0 and all(0.0 <= r < 1.0 for r in cfg.noise_ratios), "noise_ratios",
          "a non-empty list of fractions in [0, 1)")
     need(all(abs(float(ratio_label(r)) - r) < 1e-12 for r in cfg.noise_ratios), "noise_ratios",
@@ -353,6 +367,11 @@ def _check_values(cfg: StudyConfig) -> None:
          f"the default {list(CAPTION_ATTRIBUTES)} unless objective=clip: only CLIP pre-training reads captions")
     need(cfg.objective == "supervised" or not (cfg.stream or cfg.pretrained), "objective",
          "supervised with stream or pretrained (CLIP pre-training reads its images in memory)")
+
+
+def _check_grid(cfg: "StudyConfig") -> None:
+    """Seeds, image size, loaders and subsets."""
+    need = _checker(cfg)
     need(len(cfg.seeds) > 0 and all(s >= 0 for s in cfg.seeds), "seeds", "a non-empty list of integers >= 0")
     need(len(set(cfg.seeds)) == len(cfg.seeds), "seeds", "distinct seeds")
     need(cfg.img_size >= 8, "img_size", "an integer >= 8")
@@ -362,6 +381,11 @@ def _check_values(cfg: StudyConfig) -> None:
          "false with noise_kind 'instance' (instance-dependent noise reads every image)")
     need(cfg.loader_workers >= 0, "loader_workers", "0 (load in the main process) or a positive count")
     need(cfg.train_subset >= 0, "train_subset", "0 (all) or a positive sample count")
+
+
+def _check_numbers(cfg: "StudyConfig") -> None:
+    """Counts, rates and weights in their ranges."""
+    need = _checker(cfg)
     for name in ("epochs", "batch_size", "feature_batch_size", "head_epochs", "head_batch_size", "spectrum_top_k",
                  "svd_top_k"):
         need(getattr(cfg, name) > 0, name, "a positive integer")
@@ -373,6 +397,11 @@ def _check_values(cfg: StudyConfig) -> None:
         need(getattr(cfg, name) >= 0, name, "a float >= 0")
     need(cfg.spectrum_split in ("train", "test"), "spectrum_split", "'train' or 'test'")
     need(cfg.spectrum_samples >= 0, "spectrum_samples", "0 (all) or a positive sample count")
+
+
+def _check_heads(cfg: "StudyConfig") -> None:
+    """The heads, protocols, views and the downstream settings."""
+    need = _checker(cfg)
     need(len(cfg.methods) > 0 and all(m in METHODS for m in cfg.methods), "methods",
          f"a non-empty list drawn from {', '.join(METHODS)}")
     need(cfg.views >= 2, "views", "an integer >= 2 (NMTune draws two different views per step)")
@@ -401,6 +430,13 @@ def _check_values(cfg: StudyConfig) -> None:
     if cfg.ablation and cfg.tasks and ablation_task not in cfg.tasks:
         raise ValueError(f"config ablation_task={ablation_task!r} is not among tasks={list(cfg.tasks)}: add it, set "
                          "ablation_task to one of them, or set ablation=false")
+
+
+def _check_values(cfg: StudyConfig) -> None:
+    """Every value of ``cfg`` in its accepted range, each error naming the field and what is accepted."""
+    for check in (_check_names, _check_grid, _check_numbers, _check_heads):
+        check(cfg)
+    need = _checker(cfg)
     # last: a robustness setting is checked by building the changed config, so every other field must be valid
     for setting in cfg.robustness:
         try:

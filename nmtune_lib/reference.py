@@ -42,3 +42,8 @@ CUDA_SVD_DRIVERS = ("gesvd", "gesvdj", "gesvda")
 def default_lr(method: str) -> float:
     """The reference learning rate of a head: ``LP_LR`` for ``lp``, ``MLP_LR`` for the MLP heads."""
     return LP_LR if method == "lp" else MLP_LR
+
+
+def sensitivity_name(scale: float) -> str:
+    """The method name of NMTune with its three regulariser weights scaled by ``scale`` (``nmtune`` for 1)."""
+    return "nmtune" if scale == 1.0 else f"nmtune_x{scale:g}"

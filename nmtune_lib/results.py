@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from . import __version__
 from .files import atomic_target
 
 ENGINE = "h5netcdf"
@@ -52,7 +53,7 @@ class Schema:
 RUN_DIMS = ("noise_ratio", "seed")
 SCHEMAS = {
     "history": Schema("history", ("epoch",), ("train_loss", "train_acc_noisy", "test_acc", "memo_noisy", "memo_clean",
-                                              "lr", "seconds", "images_per_s"), "notebook 02, nmtune_lib.pretrain"),
+                                              "lr", "seconds", "images_per_s"), "notebook 02, pretraining.pretrain"),
     "spectrum": Schema("spectrum", (*RUN_DIMS, "dataset", "centering", "component"),
                        ("singular_values", "normalized_singular_values", "sve", "p1", "sigma1", "num_samples",
                         "num_features", "checkpoint_sha256", "manifest_sha256"), "notebook 03"),
@@ -100,8 +101,6 @@ def provenance_attrs(config: Any = None, *, checkpoint_sha256: str = "", manifes
     """
     import timm
     import torch
-
-    from . import __version__
 
     if config is None:
         config_json = ""
@@ -208,3 +207,23 @@ def combine_runs(paths: Iterable[str | os.PathLike], kind: str | None = None) ->
 def _plain(value: Any) -> Any:
     """A netCDF attribute value as a JSON-serialisable Python value."""
     return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+
+
+# --- what produced a result ---------------------------------------------------------------------------------------
+
+def device_name(device) -> str:
+    """The device a run used, as its summary records it: ``cuda:0 (NVIDIA H100 …)`` or ``cpu (x86_64, 16 cores)``."""
+    import torch  # heavy: deferred so that reading and writing result files imports no torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def package_versions() -> dict[str, str]:
+    """torch, timm, nmtune_lib and Python versions, as a pre-training summary records them."""
+    import timm  # heavy: deferred, as in provenance_attrs
+    import torch
+
+    return dict(torch=torch.__version__, timm=timm.__version__, nmtune_lib=__version__,
+                python=platform.python_version())

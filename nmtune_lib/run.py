@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import StudyConfig, ratio_label, ratio_percent
+from .files import file_sha256
+from .markers import read_marker
 
 # --- artefacts of a run directory (the one home of these names) -------------------------------------------------
 MANIFEST = "noise_manifest.json"  # 01: the noise, written last
@@ -83,9 +85,6 @@ def config_from_parameters(preset: str, overrides: str | dict[str, Any] = "{}", 
 def _verify_against_marker(path: Path, marker: Path) -> None:
     """Raise if the completion marker of the notebook that wrote ``path`` records another sha256 for it (files of
     notebooks run by hand, without a marker, are not checked)."""
-    from .files import file_sha256
-    from .markers import read_marker
-
     recorded = (read_marker(marker) or {}).get("outputs", {}).get(path.name)
     if recorded and file_sha256(path) != recorded:
         raise ValueError(f"{path} is not the file {marker.stem} wrote (its sha256 differs from {marker.name}): it was "

@@ -11,8 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nmtune_lib.data import fashion_mnist_search_path  # noqa: E402
-from nmtune_lib.sweep import execute_notebook  # noqa: E402
+from nmtune_lib.data.datasets import fashion_mnist_search_path  # noqa: E402
+from nmtune_lib.study.chains import execute_notebook  # noqa: E402
 
 FMNIST_PRESENT = any((p / "train-images-idx3-ubyte.gz").is_file() for p in fashion_mnist_search_path())
 needs_fmnist = pytest.mark.skipif(
@@ -59,7 +59,7 @@ def run_notebook(name: str, out_dir: Path, *, cwd: Path = ROOT, **parameters):
     return out
 
 
-NMTUNE = [sys.executable, "-m", "nmtune_lib.sweep"]
+NMTUNE = [sys.executable, "-m", "nmtune_lib.study.cli"]
 SMOKE_RUNS = ("symmetric-0.00/seed0", "symmetric-0.20/seed0")  # the smoke grid's run folders
 
 
@@ -95,8 +95,8 @@ def folder_data_root(tmp_path_factory):
     classes as PNG files; the DomainNet domains are the default suite's renderings of them)."""
     from PIL import Image
 
-    from nmtune_lib.data import load_dataset
-    from nmtune_lib.tasks import render_domain
+    from nmtune_lib.data.datasets import load_dataset
+    from nmtune_lib.transfer.tasks import render_domain
 
     def write(folder, images):
         folder.mkdir(parents=True, exist_ok=True)

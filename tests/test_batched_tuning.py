@@ -1,15 +1,16 @@
-"""Tests of batched head tuning (nmtune_lib.batched_tuning): heads trained together equal the same heads trained one
+"""Tests of batched head tuning (nmtune_lib.transfer.batched_tuning): heads trained together equal the same heads trained one
 by one with fit_head (same seed: same minibatches, views and initialisation), for every kind of head and input."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nmtune_lib import batched_tuning
-from nmtune_lib.batched_tuning import HeadStack, StackedHeads, fit_heads
-from nmtune_lib.data import load_dataset
-from nmtune_lib.heads import LinearProbe, MLPHead
-from nmtune_lib.tuning import fit_head
+from nmtune_lib.transfer import tuning as batched_tuning
+from nmtune_lib.transfer.heads import HeadStack, StackedHeads
+from nmtune_lib.transfer.tuning import fit_heads
+from nmtune_lib.data.datasets import load_dataset
+from nmtune_lib.transfer.heads import LinearProbe, MLPHead
+from nmtune_lib.transfer.tuning import fit_head
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from conftest import needs_fmnist, nmtune_sweep
-from nmtune_lib.captions import ATTRIBUTES, BANDS, Tokenizer, attribute_words, captions_for, class_prompts, measure
-from nmtune_lib.checkpoints import load_pretrained
-from nmtune_lib.clip import caption_memorisation, clip_loss
+from nmtune_lib.data.captions import ATTRIBUTES, BANDS, Tokenizer, attribute_words, captions_for, class_prompts, measure
+from nmtune_lib.pretraining.checkpoints import load_pretrained
+from nmtune_lib.pretraining.clip import caption_memorisation, clip_loss
 from nmtune_lib.config import CAPTION_ATTRIBUTES, StudyConfig
-from nmtune_lib.data import load_dataset, pretraining_data
-from nmtune_lib.noise import inject_label_noise, noisy_labels_for_run, read_manifest
-from nmtune_lib.pretrain import pretrain
-from nmtune_lib.report_tables import folder_table
+from nmtune_lib.data.datasets import load_dataset, pretraining_data
+from nmtune_lib.data.noise import inject_label_noise, noisy_labels_for_run, read_manifest
+from nmtune_lib.pretraining.pretrain import pretrain
+from nmtune_lib.analysis.tables import folder_table
 from nmtune_lib.run import CAPTIONS, Run
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import needs_fmnist
-from nmtune_lib.data import DATASETS, ImageSet, load_dataset, stratified_subset
+from nmtune_lib.data.datasets import DATASETS, ImageSet, load_dataset, stratified_subset
 
 EXPECTED = {  # name: (train N, test N, classes)
     "fashion_mnist": (60000, 10000, 10),
@@ -42,7 +42,7 @@ def test_unknown_dataset_lists_known_names():
 
 
 def test_missing_fashion_mnist_names_every_searched_path_and_two_ways(tmp_path, monkeypatch):
-    import nmtune_lib.data as data
+    import nmtune_lib.data.datasets as data
 
     monkeypatch.setattr(data, "DEBIAN_FMNIST", tmp_path / "debian")
     monkeypatch.setenv("NMTUNE_DATA", str(tmp_path / "env"))
@@ -67,7 +67,7 @@ def test_a_damaged_idx_file_is_named(tmp_path, damage):
     import gzip
     import shutil
 
-    from nmtune_lib.data import FMNIST_FILES, fashion_mnist_search_path
+    from nmtune_lib.data.datasets import FMNIST_FILES, fashion_mnist_search_path
 
     source = next(p for p in fashion_mnist_search_path() if (p / FMNIST_FILES["test"][0]).is_file())
     for name in FMNIST_FILES["test"]:
@@ -87,7 +87,7 @@ def test_a_damaged_idx_file_is_named(tmp_path, damage):
 def test_failed_download_leaves_nothing_in_the_data_root(tmp_path, monkeypatch):
     import torchvision.datasets
 
-    import nmtune_lib.data as data
+    import nmtune_lib.data.datasets as data
 
     def broken(root, train, download):  # a network failure midway: a partial file exists
         (tmp_path / "partial.gz").parent.mkdir(exist_ok=True)
@@ -106,7 +106,7 @@ def test_failed_download_leaves_nothing_in_the_data_root(tmp_path, monkeypatch):
 def test_fashion_mnist_reads_from_an_explicit_root(tmp_path):
     import shutil
 
-    from nmtune_lib.data import DEBIAN_FMNIST, FMNIST_FILES
+    from nmtune_lib.data.datasets import DEBIAN_FMNIST, FMNIST_FILES
 
     for name in FMNIST_FILES["test"]:
         shutil.copy(DEBIAN_FMNIST / name, tmp_path / name)

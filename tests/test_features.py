@@ -1,14 +1,14 @@
-"""Tests of nmtune_lib.features: shapes, eval = plain pre_logits, seeded views, the on-disk cache."""
+"""Tests of nmtune_lib.spectrum.features: shapes, eval = plain pre_logits, seeded views, the on-disk cache."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from nmtune_lib.augment import random_resized_crop, to_float
-from nmtune_lib.data import ImageSet
-from nmtune_lib.features import AUG_BLOCK, extract_features, view_generator
-from nmtune_lib.models import create_backbone
+from nmtune_lib.data.augment import random_resized_crop, to_float
+from nmtune_lib.data.datasets import ImageSet
+from nmtune_lib.spectrum.features import AUG_BLOCK, extract_features, view_generator
+from nmtune_lib.pretraining.models import create_backbone
 
 N = 40
 
@@ -143,7 +143,7 @@ def test_bad_arguments_raise(backbone, images, kwargs, match):
 def test_views_follow_the_tasks_view_augment_and_are_cached_apart(backbone, images, tmp_path):
     import inspect
 
-    from nmtune_lib.augment import ViewAugment
+    from nmtune_lib.data.augment import ViewAugment
 
     # the reference code's view crop: RandomResizedCrop(scale=(0.8, 1.0)), torchvision's ratio, flip
     assert ViewAugment() == ViewAugment((0.8, 1.0), (3 / 4, 4 / 3), True)
@@ -162,9 +162,9 @@ def test_views_follow_the_tasks_view_augment_and_are_cached_apart(backbone, imag
 
 
 def test_view_interpolation_resamples_the_same_crops_and_is_cached_apart(backbone, images, tmp_path):
-    from nmtune_lib.augment import ViewAugment
+    from nmtune_lib.data.augment import ViewAugment
     from nmtune_lib.config import StudyConfig
-    from nmtune_lib.transfer import view_augment
+    from nmtune_lib.transfer.downstream import view_augment
 
     # the default keeps the name bilinear views always had (their cache files and results stay valid)
     assert ViewAugment(flip=False).name == "weak_s0.8-1_r0.75-1.33_noflip"
@@ -200,9 +200,9 @@ def test_view_interpolation_resamples_the_same_crops_and_is_cached_apart(backbon
 def test_view_blur_blurs_the_same_views_and_is_cached_apart(backbone, images, tmp_path):
     from torchvision.transforms.v2.functional import gaussian_blur
 
-    from nmtune_lib.augment import ViewAugment
+    from nmtune_lib.data.augment import ViewAugment
     from nmtune_lib.config import StudyConfig
-    from nmtune_lib.transfer import view_augment
+    from nmtune_lib.transfer.downstream import view_augment
 
     blurred = ViewAugment(flip=False, interpolation="nearest", blur=0.41)
     assert blurred.name == "weak_s0.8-1_r0.75-1.33_noflip_nearest_blur0.41"

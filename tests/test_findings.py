@@ -1,4 +1,4 @@
-"""The generated findings (nmtune_lib.findings) and the experiments they come from (nmtune_lib.experiments):
+"""The generated findings (nmtune_lib.study.findings) and the experiments they come from (nmtune_lib.study.experiments):
 committed and regenerated agree, and any change of a committed claims table makes ``nmtune findings --check`` fail."""
 import shutil
 
@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from nmtune_lib.experiments import load_experiments
-from nmtune_lib.findings import check_findings, findings_document, write_findings
-from nmtune_lib.sweep import main
+from nmtune_lib.study.experiments import load_experiments
+from nmtune_lib.study.findings import check_findings, findings_document, write_findings
+from nmtune_lib.study.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_a_bad_experiment_entry_is_named_before_anything_runs(tmp_path):
 
 
 def test_no_committed_report_names_a_path_of_the_machine_that_made_it():
-    from nmtune_lib.report import ABSOLUTE
+    from nmtune_lib.study.report import ABSOLUTE
 
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "reports").rglob("*")
                  if p.is_file() and p.suffix in (".html", ".csv", ".yaml", ".md", ".json")
@@ -97,7 +97,7 @@ def test_no_committed_report_names_a_path_of_the_machine_that_made_it():
 
 
 def test_a_page_is_relocated_titled_and_its_configuration_folded_once():
-    from nmtune_lib.report import finish_page, page_title, relocate
+    from nmtune_lib.study.report import finish_page, page_title, relocate
 
     assert relocate("run_root: /work/a/runs\nrun directory: /tmp/b/runs/default/x", ("/work/a/runs",)) == \
         "run_root: runs\nrun directory: runs/default/x"

@@ -9,10 +9,10 @@ import xarray as xr
 
 from conftest import FOLDER_CLASSES as CLASSES, nmtune_sweep
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.data import load_dataset
-from nmtune_lib.paper_data import PAPER_ID_DATASETS
-from nmtune_lib.sweep import preflight
-from nmtune_lib.tasks import IN_DOMAIN, task_suite
+from nmtune_lib.data.datasets import load_dataset
+from nmtune_lib.data.paper_data import PAPER_ID_DATASETS
+from nmtune_lib.study.sweep import preflight
+from nmtune_lib.transfer.tasks import IN_DOMAIN, task_suite
 
 
 @pytest.fixture(scope="module")

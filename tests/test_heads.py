@@ -1,4 +1,4 @@
-"""Tests of the heads (nmtune_lib.heads), view sources (views), fit_head (tuning), NMTuneClassifier (estimator, with
+"""Tests of the heads (nmtune_lib.transfer.heads), view sources (views), fit_head (tuning), NMTuneClassifier (estimator, with
 sklearn's checks) and their bad inputs."""
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from nmtune_lib import tuning
-from nmtune_lib.augment import to_float
-from nmtune_lib.data import load_dataset
-from nmtune_lib.estimator import NMTuneClassifier
-from nmtune_lib.heads import LinearProbe, MLPHead, predict_logits
-from nmtune_lib.losses import PARTS
-from nmtune_lib.tuning import fit_head
-from nmtune_lib.views import CachedViews, FeatureViews, OnlineViews
+from nmtune_lib.transfer import tuning
+from nmtune_lib.data.augment import to_float
+from nmtune_lib.data.datasets import load_dataset
+from nmtune_lib.transfer.estimator import NMTuneClassifier
+from nmtune_lib.transfer.heads import LinearProbe, MLPHead, predict_logits
+from nmtune_lib.transfer.losses import PARTS
+from nmtune_lib.transfer.tuning import fit_head
+from nmtune_lib.transfer.views import CachedViews, FeatureViews, OnlineViews
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -109,7 +109,7 @@ def test_feature_views_identical_without_noise_and_seeded_with_noise():
 
 
 def test_online_views_reencode_through_a_real_frozen_backbone():
-    from nmtune_lib.models import create_backbone
+    from nmtune_lib.pretraining.models import create_backbone
 
     train = load_dataset("uci_digits", "train").subset(torch.arange(64))
     with torch.random.fork_rng():  # create_backbone initialises from the global RNG; keep the caller's state
@@ -256,8 +256,8 @@ def test_bad_inputs_raise_before_training(no_training, method):
 def test_the_svd_driver_reaches_the_loss_and_is_ignored_on_the_cpu(monkeypatch):
     """``svd_driver`` picks cuSOLVER's SVD on CUDA: every fitting path hands it to the dominant-singular-value term,
     and on the CPU (LAPACK) the numbers do not change."""
-    from nmtune_lib import losses
-    from nmtune_lib.batched_tuning import fit_heads
+    from nmtune_lib.transfer import losses
+    from nmtune_lib.transfer.tuning import fit_heads
 
     x, y = _features()
     plain = fit_head(x, y, method="nmtune", epochs=2)

@@ -1,4 +1,4 @@
-"""Tests of the learning curve (nmtune_lib.learning_curve, ``nmtune learning-curve``): one pre-training run per
+"""Tests of the learning curve (nmtune_lib.pretraining.learning_curve, ``nmtune learning-curve``): one pre-training run per
 schedule length and noise ratio, through the real pre-training CLI, collected into a CSV and a figure."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import NMTUNE, ROOT
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.learning_curve import curve_runs
+from nmtune_lib.pretraining.learning_curve import curve_runs
 
 
 def test_learning_curve_runs_every_schedule_and_resumes(tmp_path):

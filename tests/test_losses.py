@@ -1,4 +1,4 @@
-"""Tests of nmtune_lib.losses: each term against a slow loop / numpy, the weighted sum, and finite gradients."""
+"""Tests of nmtune_lib.transfer.losses: each term against a slow loop / numpy, the weighted sum, and finite gradients."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmtune_lib.losses import (PARTS, consistency_loss, covariance_loss, dominant_singular_value_loss, nmtune_loss,
+from nmtune_lib.transfer.losses import (PARTS, consistency_loss, covariance_loss, dominant_singular_value_loss, nmtune_loss,
                                off_diagonal)
 
 

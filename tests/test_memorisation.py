@@ -1,13 +1,13 @@
-"""Memorisation net of the clean network's confusion (nmtune_lib.memorisation), on the shared smoke sweep."""
+"""Memorisation net of the clean network's confusion (nmtune_lib.analysis.memorisation), on the shared smoke sweep."""
 import pandas as pd
 import pytest
 import xarray as xr
 
 from conftest import needs_fmnist
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.memorisation import memorisation_frame, memorisation_table
+from nmtune_lib.analysis.memorisation import memorisation_frame, memorisation_table
 from nmtune_lib.run import Run, Study
-from nmtune_lib.sweep import main
+from nmtune_lib.study.cli import main
 
 
 @needs_fmnist

@@ -8,7 +8,7 @@ import timm
 import torch
 
 from nmtune_lib.files import file_sha256
-from nmtune_lib.models import Backbone, create_backbone, freeze, resolve_device
+from nmtune_lib.pretraining.models import Backbone, create_backbone, freeze, resolve_device
 
 
 def test_unknown_name_lists_close_timm_names():

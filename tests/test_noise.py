@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.noise import (FASHION_MNIST_MAP, inject_label_noise, labels_sha256, noisy_labels_for_run,
+from nmtune_lib.data.noise import (FASHION_MNIST_MAP, inject_label_noise, labels_sha256, noisy_labels_for_run,
                               read_manifest, swap_captions)
 from nmtune_lib.run import MANIFEST, NOISY_LABELS, Run
 
@@ -105,7 +105,7 @@ def test_swap_captions_is_an_exact_derangement():
 
 
 def test_manifest_written_beside_results_and_reloaded(tmp_path):
-    from nmtune_lib.data import ImageSet
+    from nmtune_lib.data.datasets import ImageSet
 
     train = ImageSet(torch.zeros(len(LABELS), 1, 2, 2, dtype=torch.uint8), LABELS, tuple("abcdefghij"), "toy/train")
     cfg = StudyConfig.from_preset("smoke", noise_kind="symmetric", run_root=str(tmp_path))
@@ -128,7 +128,7 @@ def test_manifest_written_beside_results_and_reloaded(tmp_path):
 
 @pytest.mark.parametrize("damage", ["flip_label_byte", "truncate_labels", "truncate_manifest", "delete_labels"])
 def test_damaged_noise_files_are_named_and_rewritten(tmp_path, damage):
-    from nmtune_lib.data import ImageSet
+    from nmtune_lib.data.datasets import ImageSet
 
     train = ImageSet(torch.zeros(len(LABELS), 1, 2, 2, dtype=torch.uint8), LABELS, tuple("abcdefghij"), "toy/train")
     run = Run.of(StudyConfig.from_preset("smoke", run_root=str(tmp_path)), 0.2, 3)

@@ -57,7 +57,7 @@ def test_a_config_field_left_at_its_notebook_default_can_come_from_overrides(pat
     from nmtune_lib.config import StudyConfig
     from nmtune_lib.parameters import declared_parameters
     from nmtune_lib.run import config_from_parameters
-    from nmtune_lib.sweep import MANAGED
+    from nmtune_lib.study.sweep import MANAGED
 
     fields = set(StudyConfig.__dataclass_fields__) - set(MANAGED)  # those the sweep sets refuse --set up front
     declared = {name: ast.literal_eval(p["default"]) for name, p in declared_parameters(path).items() if name in fields}

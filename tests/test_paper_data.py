@@ -1,4 +1,4 @@
-"""Tests for nmtune_lib.paper_data, image_folders, image_sets on tiny folders in tmp_path (no network, no downloads)."""
+"""Tests for nmtune_lib.data.paper_data, image_folders, image_sets on tiny folders in tmp_path (no network, no downloads)."""
 from __future__ import annotations
 
 import inspect
@@ -12,10 +12,10 @@ import torch
 import torchvision.datasets as tvd
 from PIL import Image
 
-from nmtune_lib import paper_data as pd
-from nmtune_lib.data import ImageSet
-from nmtune_lib.image_folders import FileListDataset, domainnet_classes, domainnet_folder, imagenet_folder
-from nmtune_lib.image_sets import to_image_set
+from nmtune_lib.data import paper_data as pd
+from nmtune_lib.data.datasets import ImageSet
+from nmtune_lib.data.image_folders import FileListDataset, domainnet_classes, domainnet_folder, imagenet_folder
+from nmtune_lib.data.image_sets import to_image_set
 
 PAPER_14 = {"cifar10", "cifar100", "food101", "flowers102", "oxford_pets", "stanford_cars", "fgvc_aircraft", "dtd",
             "svhn", "caltech101", "eurosat", "pcam", "resisc45", "rendered_sst2"}

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmtune_lib.checkpoints import load_pretrained, read_checkpoint
+from nmtune_lib.pretraining.checkpoints import load_pretrained, read_checkpoint
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.data import load_dataset, stratified_subset
-from nmtune_lib.history import HISTORY_FIELDS, load_history, plot_history
+from nmtune_lib.data.datasets import load_dataset, stratified_subset
+from nmtune_lib.pretraining.history import HISTORY_FIELDS, load_history, plot_history
 from nmtune_lib.files import file_sha256
-from nmtune_lib.noise import inject_label_noise
-from nmtune_lib.pretrain import main, pretrain
-from nmtune_lib.recipe import epoch_seed, one_cycle
+from nmtune_lib.data.noise import inject_label_noise
+from nmtune_lib.pretraining.pretrain import main, pretrain
+from nmtune_lib.pretraining.recipe import epoch_seed, one_cycle
 from nmtune_lib.run import BACKBONE, CHECKPOINT, HISTORY_CSV, HISTORY_NC, PRETRAIN_SUMMARY, Run
 
 from conftest import needs_fmnist
@@ -173,7 +173,7 @@ def test_load_pretrained_refuses_changed_weights(digits, noisy, tmp_path):
 
 def test_memorisation_subset_and_progress_bars(digits, noisy, tmp_path, monkeypatch, capsys):
     """More flipped samples than MEMO_SAMPLES: a fixed seeded subset is scored; bars (progress=True) work too."""
-    import nmtune_lib.recipe as R
+    import nmtune_lib.pretraining.recipe as R
 
     monkeypatch.setattr(R, "MEMO_SAMPLES", 16)
     index = R.memo_index(noisy.flipped, seed=0)
@@ -306,7 +306,7 @@ def test_all_cores_means_the_cores_this_process_may_use():
     code = """if True:
         import os, torch
         from nmtune_lib.config import StudyConfig
-        from nmtune_lib.distributed import torch_threads
+        from nmtune_lib.pretraining.distributed import torch_threads
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         torch.set_num_threads(os.cpu_count())
         with torch_threads(torch.device("cpu"), StudyConfig(num_threads=0), 1) as threads:

@@ -1,4 +1,4 @@
-"""A local pre-trained checkpoint standing in for pre-training (nmtune_lib.pretrained)."""
+"""A local pre-trained checkpoint standing in for pre-training (nmtune_lib.pretraining.pretrained)."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,10 @@ import xarray as xr
 from safetensors.torch import save_file
 
 from conftest import needs_fmnist, nmtune_sweep
-from nmtune_lib.checkpoints import load_pretrained
+from nmtune_lib.pretraining.checkpoints import load_pretrained
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.models import create_backbone
-from nmtune_lib.pretrained import backbone_from_weights, check_pretrained, read_weights, weights_path
+from nmtune_lib.pretraining.models import create_backbone
+from nmtune_lib.pretraining.pretrained import backbone_from_weights, check_pretrained, read_weights, weights_path
 
 
 def _tiny(seed: int = 0, name: str = "resnet_tiny"):

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 import xarray as xr
 
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.data import load_dataset
-from nmtune_lib.protocols import ABLATIONS, head_spec, holdout_split, select_lr, sensitivity_specs
-from nmtune_lib.tasks import IN_DOMAIN, Task
+from nmtune_lib.data.datasets import load_dataset
+from nmtune_lib.transfer.protocols import ABLATIONS, head_spec, holdout_split, select_lr, sensitivity_specs
+from nmtune_lib.transfer.tasks import IN_DOMAIN, Task
 from nmtune_lib.run import Run
-from nmtune_lib.transfer import run_transfer
+from nmtune_lib.transfer.downstream import run_transfer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -93,7 +93,7 @@ def _digit_tasks_and_config(tmp_path):
 
 
 def test_the_config_svd_driver_reaches_every_head_and_is_checked_first(tmp_path, monkeypatch):
-    from nmtune_lib import batched_tuning
+    from nmtune_lib.transfer import tuning as batched_tuning
 
     with pytest.raises(ValueError, match="svd_driver='gesvdx': expected '' .*or one of gesvd, gesvdj, gesvda"):
         StudyConfig.from_preset("smoke", svd_driver="gesvdx")

@@ -114,9 +114,9 @@ def test_a_second_sweep_on_a_held_run_root_is_refused_naming_the_holder(tmp_path
 
 
 def test_a_stale_lock_is_taken_over_and_wait_queues(tmp_path):
-    from nmtune_lib.lock import RunRootBusy, run_root_lock
+    from nmtune_lib.study.lock import RunRootBusy, run_root_lock
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from nmtune_lib.lock import run_root_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from nmtune_lib.study.lock import run_root_lock\n"
                                f"with run_root_lock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -128,7 +128,7 @@ def test_a_stale_lock_is_taken_over_and_wait_queues(tmp_path):
     with run_root_lock(tmp_path):  # taken over at once
         assert json.loads((tmp_path / ".nmtune.lock").read_text())["pid"] == os.getpid()
     # --wait: queue behind a holder that finishes
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from nmtune_lib.lock import run_root_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from nmtune_lib.study.lock import run_root_lock\n"
                                f"with run_root_lock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(3)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -214,7 +214,7 @@ def test_a_marker_keys_the_overrides_by_content_so_the_order_of_set_flags_does_n
 def test_a_kernel_that_does_not_start_is_started_again(tmp_path, monkeypatch, capsys, errors, calls, raised):
     import papermill
 
-    from nmtune_lib import sweep
+    from nmtune_lib.study import chains as sweep
 
     left, seen = list(errors), []
 

@@ -1,4 +1,4 @@
-"""The README's tables of report sets (nmtune_lib.report_tables): claims side by side, as claims.csv holds them,
+"""The README's tables of report sets (nmtune_lib.analysis.tables): claims side by side, as claims.csv holds them,
 and stage times."""
 from dataclasses import replace
 
@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nmtune_lib.report_tables import (compare_claims, effects_table, folder_table, format_effect, read_claims,
+from nmtune_lib.analysis.tables import (compare_claims, effects_table, folder_table, format_effect, read_claims,
                                       short_claim, time_table, to_markdown)
-from nmtune_lib.memorisation import memorisation_table
-from nmtune_lib.claims import adjust, claims_table, make_claim, unjudged
-from nmtune_lib.sweep import main
+from nmtune_lib.analysis.claims import adjust, claims_table, make_claim, unjudged
+from nmtune_lib.study.cli import main
 
 TEXTS = {"1a": ("Slight pre-training noise (5%, 10%) improves ID transfer (LP ID mean, noisy − clean)", +1),
          "3a": ("Noise flattens the spectrum: higher SVE (mean over noisy ratios − clean; column centring)", +1),
@@ -199,7 +198,7 @@ def test_scores_and_contrast_read_one_head_or_a_difference_of_two_from_a_file_th
 
 
 def test_contrast_pairs_seeds_and_reports_score_and_effect_differences(tmp_path, capsys):
-    from nmtune_lib.summary import mean_ci
+    from nmtune_lib.analysis.aggregate import mean_ci
 
     task = "fmnist_domains_sketch"
     columns = ["protocol", "mean_of", "task", "noise_ratio", "mean_percent", "half_width_percent", "n_seeds",

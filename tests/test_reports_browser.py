@@ -76,7 +76,7 @@ def test_the_committed_index_shows_the_verdict_matrix_and_every_link_resolves(br
 
 
 def test_a_run_page_of_the_smoke_sweep_has_its_title_links_and_figures(browser, smoke_sweep, tmp_path):
-    from nmtune_lib.report import report
+    from nmtune_lib.study.report import report
     from nmtune_lib.run import Study
 
     out = tmp_path / "reports"

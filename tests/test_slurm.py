@@ -14,7 +14,7 @@ import xarray as xr
 
 from conftest import NMTUNE, ROOT, SMOKE_RUNS, nmtune_sweep
 from nmtune_lib.cores import usable_cores
-from nmtune_lib.slurm import SlurmResources
+from nmtune_lib.study.slurm import SlurmResources
 
 
 def _cluster_up() -> bool:

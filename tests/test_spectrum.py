@@ -1,4 +1,4 @@
-"""Tests of nmtune_lib.spectrum: exact singular values, metrics, the per-run Dataset, bad inputs."""
+"""Tests of nmtune_lib.spectrum.metrics: exact singular values, metrics, the per-run Dataset, bad inputs."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 import xarray as xr
 
 from nmtune_lib.results import combine_runs, save_dataset
-from nmtune_lib.spectrum import (CENTERINGS, METRICS, metrics_frame, preprocess, singular_values, spectrum_dataset,
+from nmtune_lib.spectrum.metrics import (CENTERINGS, METRICS, metrics_frame, preprocess, singular_values, spectrum_dataset,
                                  spectrum_metrics)
 
 
@@ -204,7 +204,7 @@ def test_spectrum_figures_build():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nmtune_lib import plotting
+    from nmtune_lib.analysis import plotting
 
     one = run_dataset(0.0, 0)
     many = xr.combine_by_coords([run_dataset(r, s) for r in (0.0, 0.1) for s in (0, 1)], data_vars="minimal",

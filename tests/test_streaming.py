@@ -1,4 +1,4 @@
-"""Pre-training streamed from disk (``config.stream``, nmtune_lib.streaming) on an ImageNet-style folder of real
+"""Pre-training streamed from disk (``config.stream``, nmtune_lib.data.streaming) on an ImageNet-style folder of real
 images: scanned not decoded, the file list in the manifest, exact replay whatever the workers, resume."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from nmtune_lib.checkpoints import load_pretrained
+from nmtune_lib.pretraining.checkpoints import load_pretrained
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.data import pretraining_data, pretraining_split
-from nmtune_lib.noise import noisy_labels_for_run
-from nmtune_lib.pretrain import pretrain
+from nmtune_lib.data.datasets import pretraining_data, pretraining_split
+from nmtune_lib.data.noise import noisy_labels_for_run
+from nmtune_lib.pretraining.pretrain import pretrain
 from nmtune_lib.run import Run
 
 

@@ -4,11 +4,11 @@ import pytest
 import xarray as xr
 
 from nmtune_lib.config import StudyConfig
-from nmtune_lib.claims import judge_all, judge_claims, resample_agreement, robustness_table
-from nmtune_lib.summary import (ablation_table, decomposition, id_ood_means, interval_text, noise_effects, score_levels,
+from nmtune_lib.analysis.claims import judge_all, judge_claims, resample_agreement, robustness_table
+from nmtune_lib.analysis.aggregate import (ablation_table, decomposition, id_ood_means, interval_text, noise_effects, score_levels,
                                 sensitivity, task_scores)
-from nmtune_lib.verdicts import mean_ci, verdict
-from nmtune_lib.transfer import Score, transfer_dataset
+from nmtune_lib.analysis.verdicts import mean_ci, verdict
+from nmtune_lib.transfer.downstream import Score, transfer_dataset
 
 RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3)
 
@@ -242,7 +242,7 @@ def test_task_effects_figure_has_a_panel_per_protocol_and_kind_and_a_line_per_ta
     import matplotlib
 
     matplotlib.use("Agg")
-    from nmtune_lib import plotting
+    from nmtune_lib.analysis import plotting
 
     transfer, _ = _grid(id_effect=0.02, ood_effect=-0.2, nmtune_gain=0.02, sve_slope=0.0, matched_gain=0.02,
                         noise=0.0005)

@@ -114,7 +114,7 @@ def test_the_sweep_records_its_config_and_stage_times(smoke_sweep):
 def test_a_killed_sweep_keeps_the_time_of_its_finished_runs_in_the_total(tmp_path):
     from nmtune_lib.config import StudyConfig
     from nmtune_lib.run import Study
-    from nmtune_lib.sweep import record_timing
+    from nmtune_lib.study.sweep import record_timing
 
     study = Study(StudyConfig.from_preset("smoke", run_root=str(tmp_path)))
     first = time.time() - 100
@@ -194,7 +194,7 @@ def test_unknown_parameter_and_bad_values_are_rejected_before_anything_runs(tmp_
 
 def test_python_sweep_refuses_a_managed_override_and_says_how_to_set_it(tmp_path):
     from nmtune_lib.run import Study
-    from nmtune_lib.sweep import sweep
+    from nmtune_lib.study.sweep import sweep
 
     with pytest.raises(ValueError, match=r"overrides \['progress'\] in Python\).*Study.from_parameters"):
         sweep(Study.from_parameters("smoke", run_root=str(tmp_path)), {"progress": True})
@@ -261,7 +261,7 @@ def test_compact_figures_keeps_the_picture_and_shrinks_it():
     import numpy as np
     from PIL import Image
 
-    from nmtune_lib.report import compact_figures
+    from nmtune_lib.study.report import compact_figures
 
     rng = np.random.default_rng(0)  # a plot-like figure: a white page, three flat colours, antialiased noise
     pixels = np.full((120, 200, 4), 255, np.uint8)
@@ -283,7 +283,7 @@ def test_the_mermaid_loader_is_dropped_from_pages_without_a_diagram():
     import nbformat
     from nbconvert import HTMLExporter
 
-    from nmtune_lib.report import drop_idle_mermaid
+    from nmtune_lib.study.report import drop_idle_mermaid
 
     def page(*markdown):
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(m) for m in markdown])

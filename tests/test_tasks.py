@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import needs_fmnist
-from nmtune_lib.tasks import DOMAINS, IN_DOMAIN, default_suite, render_domain, suite_task_names, task_suite
+from nmtune_lib.transfer.tasks import DOMAINS, IN_DOMAIN, default_suite, render_domain, suite_task_names, task_suite
 
 
 @needs_fmnist

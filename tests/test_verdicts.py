@@ -1,4 +1,4 @@
-"""The claims' statistics (nmtune_lib.verdicts, claims.adjust, claims.robustness_table, rejudge): each checked against
+"""The claims' statistics (nmtune_lib.analysis.verdicts, claims.adjust, claims.robustness_table, rejudge): each checked against
 a direct computation written here, on made-up numbers where the answer is known."""
 import math
 
@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from nmtune_lib.claims import adjust, from_interval, judge_claims, robustness_table
-from nmtune_lib.rejudge import claims_from_tables, parse_effect, rejudge
-from nmtune_lib.verdicts import (NOT_APPLICABLE, can_change, combine_every, decide, holm, mean_ci, p_value,
+from nmtune_lib.analysis.claims import adjust, from_interval, judge_claims, robustness_table
+from nmtune_lib.analysis.rejudge import claims_from_tables, parse_effect, rejudge
+from nmtune_lib.analysis.verdicts import (NOT_APPLICABLE, can_change, combine_every, decide, holm, mean_ci, p_value,
                                  two_sided, verdict)
 
 
@@ -109,7 +109,7 @@ def _one_ratio_spared():
 
 
 def test_2a_per_ratio_rule_when_the_mean_is_negative_but_one_ratio_is_not():
-    from nmtune_lib.claims import TEXT_2A, _Grid, per_ratio_claims
+    from nmtune_lib.analysis.claims import TEXT_2A, _Grid, per_ratio_claims
 
     ood = _one_ratio_spared()
     claims = {c.id: c for c in per_ratio_claims("2a", TEXT_2A, ood, _Grid.of(ood["noise_ratio"].values),
