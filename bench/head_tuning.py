@@ -1,5 +1,5 @@
 """Benchmark: NMTune head tuning on cached K-view features vs online re-encoding through the frozen backbone, and
-the heads of one default run trained together (``batched_tuning``) vs one by one.
+the heads of one default run trained together (``tuning.fit_heads``) vs one by one.
 
 One run fits NMTune on one task (default: MNIST-5k train → test, frozen ``resnet_narrow``) both ways, paired by head
 seed (same initialisation and batch order; ``--seeds`` repeats the pair), and prints, for every K in ``--views``, the
@@ -68,7 +68,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nmtune_lib.transfer import tuning as batched_tuning  # noqa: E402
+from nmtune_lib.transfer import downstream as batched_tuning  # noqa: E402  (where run_transfer finds fit_heads)
 from nmtune_lib.data.augment import ViewAugment, random_crop_flip, to_float  # noqa: E402
 from nmtune_lib.data.datasets import load_dataset  # noqa: E402
 from nmtune_lib.spectrum.features import extract_features  # noqa: E402

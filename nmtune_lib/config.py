@@ -1,4 +1,4 @@
-"""Study configuration: named presets and one frozen, validated dataclass.
+"""Study configuration: one frozen, validated dataclass, the names it accepts, and how a run root is found.
 
 Configuration enters once: a notebook's ``parameters`` cell (or the ``nmtune`` CLI) names a preset and a few
 overrides, ``StudyConfig.from_preset`` validates them, and the resolved config travels as keyword arguments and is
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence, get_type_hints
 
 from . import reference as ref
+from .presets import PRESETS
 from .reference import METHODS
 
 # the attributes a caption may name (nmtune_lib.captions.ATTRIBUTES; kept here so that config imports no torch)
@@ -25,6 +26,7 @@ NOISE_KINDS = ("symmetric", "asymmetric", "instance", "caption_swap")  # caption
 OBJECTIVES = ("supervised", "clip")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HEAD_MODES = ("cached", "online")
+HEAD_METHODS = (*METHODS, "ft")  # the paper's heads, and full fine-tuning (ours: transfer.finetune)
 CENTERINGS = ("column", "row", "none")
 # The names a config may use, checked here before any data is read; each stage owns what stands behind its names
 # (data.datasets loads DATASETS, transfer.tasks builds TASK_SUITES, data.paper_data describes PAPER_ID_NAMES;
@@ -95,7 +97,7 @@ class StudyConfig:
     spectrum_top_k: int = 5
     feature_batch_size: int = 1024
     # --- head tuning (docs/paper.md: protocols, NMTune) ------------------------------------------------------
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = METHODS  # lp | mlp | nmtune, and ft (full fine-tuning, matched protocol only)
     protocols: tuple[str, ...] = PROTOCOLS  # "reference" (the reference code) and/or "matched" (a fair comparison)
     lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # matched protocol: candidate learning rates of every head
     holdout_fraction: float = 0.1  # matched protocol: share of a head's training set held out to pick its lr
@@ -110,6 +112,8 @@ class StudyConfig:
     svd_top_k: int = ref.SVD_TOP_K
     svd_driver: str = ""  # CUDA only: cuSOLVER's driver of that SVD (reference.CUDA_SVD_DRIVERS); "" = PyTorch's
     views: int = 4  # K augmented views cached per training image ("cached" mode)
+    ft_epochs: int = 5  # full fine-tuning ("ft" in methods): epochs of the heads' minibatches and views (ours)
+    ft_backbone_lr_scale: float = 0.1  # full fine-tuning: the backbone's learning rate relative to its head's
     view_crop_scale: tuple[float, ...] = ref.VIEW_CROP_SCALE  # random-resized-crop area range of views
     view_crop_ratio: tuple[float, ...] = ref.VIEW_CROP_RATIO  # its aspect-ratio range (torchvision's default)
     view_interpolation: str = "bilinear"  # how the crop is resampled (reference.VIEW_INTERPOLATIONS)
@@ -188,45 +192,6 @@ class StudyConfig:
         keys += ("objective", "clip_lr", "clip_weight_decay") if self.objective != "supervised" else ()
         keys += ("caption_attributes",) if self.caption_attributes != CAPTION_ATTRIBUTES else ()
         return {k: getattr(self, k) for k in keys}
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Seconds on a laptop CPU: a tiny subset and network; for tests and a first look.
-    "smoke": dict(
-        noise_ratios=(0.0, 0.2), seeds=(0,), model="resnet_tiny", train_subset=2000, epochs=2, batch_size=64,
-        lr=0.2, spectrum_samples=1000, head_epochs=2, views=2, task_subset=400, progress=False,
-        lr_grid=(1e-3, 1e-2), reg_scales=(1.0, 10.0), robustness=("head_epochs=1",),
-    ),
-    # The embedded study on a 2-core CPU: the paper's head protocol (30 epochs) on 5 noise ratios x 5 seeds.
-    "default": dict(),
-    # The default study where pre-training memorises the flipped labels (README, learning curve): the same model,
-    # grid and heads, pre-trained 40 epochs on 6,000 of the 60,000 images (51 parameters per image; at 60k images
-    # resnet_tiny predicts the flipped label for ~1 % of flipped samples at any schedule, at 6k for 22.7 %).
-    "converged": dict(train_subset=6000, epochs=40),
-    # The default study pre-trained as CLIP on captions of the same images, 0-30 % of them swapped (README, "CLIP").
-    # AdamW as open_clip trains ResNets (clip_lr 5e-4, clip_weight_decay 0.2, betas 0.9 / 0.999); the schedule ours.
-    "clip": dict(objective="clip", noise_kind="caption_swap", seeds=(0, 1, 2)),
-    # The default study under the paper's open questions (docs/paper.md §7; issue 10's extra report sets): other
-    # kinds of pre-training noise on the same grid, and a finer grid around "slight" noise (claim 1b, which needs
-    # 20-30 %, is then not judged).
-    "asymmetric": dict(noise_kind="asymmetric"),
-    "instance": dict(noise_kind="instance"),
-    "fine": dict(noise_ratios=(0.0, 0.025, 0.05, 0.075, 0.10, 0.15)),
-    # The embedded study on a GPU: a ResNet-18 with a small-image stem, longer schedule, online views.
-    "gpu": dict(
-        model="resnet18", small_stem=True, img_size=32, epochs=30, batch_size=512, lr=0.4, device="cuda",
-        compile=True, head_mode="online", views=8, feature_batch_size=4096,
-    ),
-    # The paper's scale (README, "Paper scale"): ResNet-50 at 224 px pre-trained on the user's ImageNet-style folder
-    # (<data_root>/imagenet, streamed from disk) on the paper's grid, heads on the 14 ID datasets and DomainNet
-    # (<data_root>). Schedule: torchvision's ResNet-50 reference recipe (90 epochs, lr 0.1 per 256 images, weight
-    # decay 1e-4) with our one-cycle schedule in place of its step decay (docs/paper.md §3). Needs CUDA GPUs.
-    "paper": dict(
-        dataset="imagenet", stream=True, task_suite="paper", model="resnet50", img_size=224, epochs=90,
-        batch_size=1024, lr=0.4, weight_decay=1e-4, device="cuda", compile=True, head_mode="online",
-        feature_batch_size=512, loader_workers=16, spectrum_samples=10000,
-    ),
-}
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -402,8 +367,12 @@ def _check_numbers(cfg: "StudyConfig") -> None:
 def _check_heads(cfg: "StudyConfig") -> None:
     """The heads, protocols, views and the downstream settings."""
     need = _checker(cfg)
-    need(len(cfg.methods) > 0 and all(m in METHODS for m in cfg.methods), "methods",
-         f"a non-empty list drawn from {', '.join(METHODS)}")
+    need(len(cfg.methods) > 0 and all(m in HEAD_METHODS for m in cfg.methods), "methods",
+         f"a non-empty list drawn from {', '.join(HEAD_METHODS)}")
+    need(cfg.ft_epochs >= 1, "ft_epochs", "an integer >= 1")
+    need(cfg.ft_backbone_lr_scale > 0, "ft_backbone_lr_scale", "a float > 0")
+    need("ft" not in cfg.methods or "matched" in cfg.protocols, "methods",
+         "ft only with the matched protocol among protocols (its learning rate is chosen on held-out data)")
     need(cfg.views >= 2, "views", "an integer >= 2 (NMTune draws two different views per step)")
     need(cfg.head_mode in HEAD_MODES, "head_mode", f"one of {', '.join(HEAD_MODES)}")
     need(cfg.svd_driver in ("", *ref.CUDA_SVD_DRIVERS), "svd_driver",
@@ -427,6 +396,8 @@ def _check_heads(cfg: "StudyConfig") -> None:
     need(cfg.device in DEVICES or cfg.device.startswith("cuda:"), "device", f"one of {', '.join(DEVICES)} or 'cuda:N'")
     need(cfg.num_threads >= 0, "num_threads", "0 (all cores) or a positive thread count")
     ablation_task = cfg.ablation_task or ABLATION_TASKS[cfg.task_suite]
+    need(not cfg.ablation or ablation_task in TASK_SUITES[cfg.task_suite], "ablation_task",
+         f"a task of task_suite {cfg.task_suite!r} ({', '.join(TASK_SUITES[cfg.task_suite])}), or ablation=false")
     if cfg.ablation and cfg.tasks and ablation_task not in cfg.tasks:
         raise ValueError(f"config ablation_task={ablation_task!r} is not among tasks={list(cfg.tasks)}: add it, set "
                          "ablation_task to one of them, or set ablation=false")

@@ -1,9 +1,10 @@
 """Completion markers: ``<notebook>.done`` says that a step of the sweep finished, keyed by content.
 
-A marker records the step's parameters (without the run root, so a moved or copied run root stays valid), the
-sha256 of every input file it read and of every output file it wrote. A step counts as done only while all three
-still hold: new parameters, a recomputed input (say, one run of the grid redone before the summary) or a damaged or
-missing output make the sweep run it again. Markers are written last and atomically.
+A marker records the step's key (its parameters without the run root, so a moved or copied run root stays valid;
+the sha256 of every input file it read; and what the sweep adds: the configuration fields it reads and its code,
+``study.keys``) and the sha256 of every output file it wrote. A step counts as done only while both still hold: a
+changed key (new parameters, a recomputed input, edited code …) or a damaged or missing output make the sweep run it
+again. Markers are written last and atomically.
 
 Parameters handed to the notebooks as JSON text (``JSON_TEXT``: the sweep's ``--set`` overrides) are keyed by what
 they say, not how they are spelled: ``--set a=1 --set b=2`` and ``--set b=2 --set a=1`` are one step. Markers written
@@ -31,11 +32,25 @@ def _parsed(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return {k: json.loads(v) if k in JSON_TEXT and isinstance(v, str) else v for k, v in parameters.items()}
 
 
-def step_key(parameters: Mapping[str, Any], inputs: Mapping[str, Path]) -> dict[str, Any]:
-    """What a finished step must agree on: its parameters (less ``UNKEYED``, ``JSON_TEXT`` read) and its inputs'
-    content."""
+def step_key(parameters: Mapping[str, Any], inputs: Mapping[str, Path], **more: Any) -> dict[str, Any]:
+    """What a finished step must agree on: its parameters (less ``UNKEYED``, ``JSON_TEXT`` read), its inputs'
+    content, and ``more`` (the sweep adds the configuration fields it reads and its code: ``study.keys``)."""
     return {"parameters": _parsed({k: v for k, v in parameters.items() if k not in UNKEYED}),
-            "inputs": digests(inputs)}
+            "inputs": digests(inputs), **more}
+
+
+def stored_key(done: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A marker's key with its parameters read as ``step_key`` reads them (None for no marker or no key)."""
+    try:
+        return {**done["key"], "parameters": _parsed(done["key"]["parameters"])}
+    except (TypeError, KeyError, json.JSONDecodeError):
+        return None
+
+
+def changed_outputs(done: Mapping[str, Any] | None, outputs: Mapping[str, Path]) -> list[str]:
+    """The outputs that are not the files the step wrote (changed, damaged or missing since)."""
+    recorded = (done or {}).get("outputs", {})
+    return sorted(name for name, digest in digests(outputs).items() if recorded.get(name) != digest)
 
 
 def read_marker(marker: Path) -> dict[str, Any] | None:
@@ -49,9 +64,8 @@ def read_marker(marker: Path) -> dict[str, Any] | None:
 def is_done(marker: Path, key: Mapping[str, Any], outputs: Mapping[str, Path]) -> dict[str, Any] | None:
     """The marker if the step finished with this ``key`` and its outputs are still the files it wrote, else None."""
     done = read_marker(marker)
-    try:
-        stored = {**done["key"], "parameters": _parsed(done["key"]["parameters"])}
-    except (TypeError, KeyError, json.JSONDecodeError):  # no marker, or one without a readable key: redo
+    stored = stored_key(done)
+    if stored is None:  # no marker, or one without a readable key: redo
         return None
     if stored != json.loads(json.dumps(key)):
         return None

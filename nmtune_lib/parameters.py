@@ -1,4 +1,4 @@
-"""Notebook parameters, declared once and checked strictly.
+"""Notebook parameters, described once and checked strictly.
 
 Each notebook declares its parameters in its first code cell (tagged ``parameters``), typed, one per line with a
 help comment: ``noise_ratio: float = 0.1  # …``. Papermill reads the names, types and defaults from there
@@ -17,6 +17,42 @@ from typing import Any
 from .config import PROJECT_ROOT
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+# Every notebook parameter, described once: name → (type, default, help). A notebook's parameters cell holds the
+# lines ``parameter_line`` renders for the names it uses, in this order (tests/test_notebooks.py checks that each
+# cell and this table agree), so that adding a preset or rewording a help text is one edit here.
+PARAMETERS: dict[str, tuple[str, Any, str]] = {
+    "preset": ("str", "default", "smoke | default | converged | clip | asymmetric | instance | fine | gpu | paper"),
+    "dataset": ("str", "", "pre-training dataset (fashion_mnist, mnist5k, uci_digits, imagenet); empty means the "
+                           "preset's"),
+    "noise_kind": ("str", "", "symmetric | asymmetric | instance | caption_swap; empty means the preset's"),
+    "noise_ratio": ("float", 0.1, "fraction of the pre-training labels flipped (captions swapped), in [0, 1)"),
+    "noise_ratios": ('"Optional[list]"', None, "the grid's noise ratios; None means the preset's"),
+    "seed": ("int", 0, "seed of the run: fixes the noise, the pre-training and every head's draws"),
+    "seeds": ('"Optional[list]"', None, "the grid's seeds; None means the preset's"),
+    "run_root": ("str", "", "root of all run directories; \"\" means $NMTUNE_RUNS, else <project root>/runs"),
+    "analysis_dataset": ("str", "", "analysed images, name or name/split; empty means the pre-training dataset's "
+                                    "test split"),
+    "probe": ("str", "lp", "head through which claims 1-3 read the pre-trained features"),
+    "centering": ("str", "column", "centring of the spectrum claim 3 is judged on (column | row | none)"),
+    "device": ("str", "", "auto | cpu | cuda | cuda:N | mps; empty means the preset's"),
+    "progress": ("bool", True, "progress bars (True) or one printed line per step (False; the sweep's choice)"),
+    "overrides": ("str", "{}", "JSON object of further StudyConfig fields, e.g. {\"head_epochs\": 5}"),
+}
+
+
+def parameter_line(name: str) -> str:
+    """The parameters-cell line of ``name``: ``noise_ratio: float = 0.1  # …`` (from ``PARAMETERS``)."""
+    kind, default, text = PARAMETERS[name]
+    literal = '"' + default.replace('"', '\\"') + '"' if isinstance(default, str) else repr(default)
+    return f"{name}: {kind} = {literal}  # {text}"
+
+
+def parameters_cell(names: list[str]) -> str:
+    """A notebook's parameters cell for the parameters ``names`` (in ``PARAMETERS``' order)."""
+    unknown = sorted(set(names) - set(PARAMETERS))
+    if unknown:
+        raise ValueError(f"unknown notebook parameter(s) {unknown}; described: {', '.join(PARAMETERS)}")
+    return "\n".join(parameter_line(name) for name in PARAMETERS if name in names)
 _KERNEL_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open", "display"}  # what IPython puts in a namespace
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
                                        "list": (list, tuple), "dict": (dict,)}

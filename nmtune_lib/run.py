@@ -25,6 +25,7 @@ from typing import Any
 from .config import StudyConfig, ratio_label, ratio_percent
 from .files import file_sha256
 from .markers import read_marker
+from .parameters import check_parameters
 
 # --- artefacts of a run directory (the one home of these names) -------------------------------------------------
 MANIFEST = "noise_manifest.json"  # 01: the noise, written last
@@ -40,9 +41,18 @@ SPECTRUM = "spectrum.nc"  # 03
 TRANSFER = "transfer.nc"  # 04
 RESULTS = {"spectrum": SPECTRUM, "transfer": TRANSFER, "history": HISTORY_NC}  # per-run result files by kind
 WRITTEN_BY = {"spectrum": "03_spectrum", "transfer": "04_transfer", "history": "02_pretrain"}  # their notebooks
-CLAIMS = "claims.json"  # 05, in the study folder
-TASK_EFFECTS = "noise_effects_by_task.csv"  # 05, in the study folder: summary.noise_effects(by="task")
-TASK_SCORES = "task_scores.csv"  # 05, in the study folder: summary.score_levels (not in its marker)
+PROVENANCE = "provenance.json"  # the sweep, in the study folder: the code and packages every step ran with
+CLAIMS = "claims.json"  # 05, in the study folder: the claims, the grid and the sha256 of every result read
+TASK_EFFECTS = "noise_effects_by_task.csv"  # 05: each noise ratio against clean pre-training, task by task
+TASK_SCORES = "task_scores.csv"  # 05: every head's per-task scores, every ratio and seed
+# The summary's files (analysis.summary writes every one; notebook 05's marker covers every one), by table or figure.
+SUMMARY_TABLES = {"claims": "claims.csv", "decomposition": "decomposition.csv", "sensitivity": "sensitivity.csv",
+                  "robustness": "robustness.csv", "agreement": "resample_agreement.csv",
+                  "noise_effects": "noise_effects.csv", "task_effects": TASK_EFFECTS, "task_scores": TASK_SCORES,
+                  "runs": "runs.csv", "costs": "costs.csv"}
+SUMMARY_FIGURES = {"decomposition": "claim4_decomposition.png", "sensitivity": "sensitivity.png",
+                   "task_effects": "noise_effects_by_task.png", "accuracy": "accuracy_vs_noise.png",
+                   "spectrum": "spectrum_vs_noise.png"}
 # What each notebook of a run reads and writes (its completion marker is keyed by their content: markers.py).
 STEPS = {
     "01_noise_injection": ((), (MANIFEST, NOISY_LABELS)),
@@ -52,6 +62,21 @@ STEPS = {
 }
 
 _RUN_DIR = re.compile(r"(?P<kind>[a-z_]+)-(?P<ratio>\d+\.\d+)/seed(?P<seed>\d+)$")
+
+
+def show_configuration(config: StudyConfig, where: str) -> None:
+    """The resolved configuration in a folded ``<details>`` block (in a notebook; printed elsewhere), then ``where``:
+    the run directory or study folder, one line."""
+    import html
+
+    text = config.to_yaml()
+    try:
+        from IPython.display import HTML, display  # optional: a notebook's kernel has it
+    except ImportError:
+        print(text)
+    else:
+        display(HTML(f"<details><summary>resolved configuration</summary><pre>{html.escape(text)}</pre></details>"))
+    print(where)
 
 
 def parse_overrides(overrides: str | dict[str, Any]) -> dict[str, Any]:
@@ -146,10 +171,20 @@ class Study:
 
     def summary_files(self) -> tuple[dict[str, Path], dict[str, Path]]:
         """(inputs, outputs) of the summary: the grid's spectrum and transfer files, named relative to the study
-        folder (so that a moved run root keeps its names), and the claims and per-task effects tables (a run root
-        summarised before 05 wrote the latter is summarised again)."""
+        folder (so that a moved run root keeps its names), and every table and figure it writes."""
         inputs = {p.relative_to(self.dir).as_posix(): p for run in self.runs() for p in (run.spectrum, run.transfer)}
-        return inputs, {name: self.path(name) for name in (CLAIMS, TASK_EFFECTS)}
+        names = (CLAIMS, *SUMMARY_TABLES.values(), *SUMMARY_FIGURES.values())
+        return inputs, {name: self.path(name) for name in names}
+
+    @classmethod
+    def from_notebook(cls, namespace: dict[str, Any], notebook: str) -> "Study":
+        """The grid notebook 05's parameters describe: checked first (``parameters.check_parameters``: an unknown
+        name or a wrong type stops here), then built; its configuration is shown folded."""
+        values = check_parameters(namespace, notebook)
+        fields = {k: values[k] for k in ("dataset", "noise_kind", "noise_ratios", "seeds", "run_root") if k in values}
+        study = cls.from_parameters(values["preset"], overrides=values.get("overrides", "{}"), **fields)
+        show_configuration(study.config, f"study folder: {study.dir}")
+        return study
 
 
 @dataclass(frozen=True)
@@ -173,6 +208,17 @@ class Run:
                         **fields: Any) -> "Run":
         """The run a notebook's parameters describe; validated once, by ``StudyConfig``."""
         return cls(config_from_parameters(preset, overrides, noise_ratios=[noise_ratio], seeds=[seed], **fields))
+
+    @classmethod
+    def from_notebook(cls, namespace: dict[str, Any], notebook: str) -> "Run":
+        """The run a notebook's parameters describe: checked first (``parameters.check_parameters``: an unknown name
+        or a wrong type stops here, before any data is read), then built; its configuration is shown folded."""
+        values = check_parameters(namespace, notebook)
+        fields = {k: values[k] for k in ("dataset", "noise_kind", "run_root", "device", "progress") if k in values}
+        run = cls.from_parameters(values["preset"], noise_ratio=values["noise_ratio"], seed=values["seed"],
+                                  overrides=values.get("overrides", "{}"), **fields)
+        show_configuration(run.config, f"run directory: {run.dir}")
+        return run
 
     @classmethod
     def parse(cls, config: StudyConfig, run_dir: str | Path) -> "Run | None":

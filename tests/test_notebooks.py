@@ -45,7 +45,34 @@ def test_every_parameter_is_declared_once_with_a_type_and_checked_next(path):
     declared = declared_parameters(path)
     assert len(declared) == len(code[0].source.splitlines())  # papermill parsed every line
     assert all(p["inferred_type_name"] not in ("None", "") for p in declared.values())  # typed for --help-notebook
-    assert f'check_parameters(globals(), "{path.stem}")' in code[1].source  # the strict check comes next
+    assert f'from_notebook(globals(), "{path.stem}")' in code[1].source  # the strict check comes next
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_parameters_cell_is_the_librarys_description_of_the_parameters_it_uses(path):
+    """One description per parameter, in nmtune_lib.parameters: a cell that words one otherwise, orders them
+    otherwise or declares one the library does not describe fails."""
+    from nmtune_lib.parameters import PARAMETERS, parameters_cell
+
+    cell = [c for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code"][0].source
+    names = [line.split(":")[0] for line in cell.splitlines()]
+    assert set(names) <= set(PARAMETERS), sorted(set(names) - set(PARAMETERS))
+    assert cell == parameters_cell(names)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_notebook_is_parameters_and_calls(path):
+    """After the parameters cell one preamble cell of at most five lines of code (the run or study from the
+    parameters), then the analysis cells; and no file written under a literal name: the library owns every name."""
+    import re
+
+    cells = nbformat.read(str(path), as_version=4).cells
+    code_cells = [c for c in cells if c.cell_type == "code"]
+    preamble = [line for line in code_cells[1].source.splitlines() if line.strip()]
+    assert len(preamble) <= 5 and "from_notebook(globals()" in code_cells[1].source, preamble
+    code = "\n".join(c.source for c in cells if c.cell_type == "code")
+    literals = re.findall(r"[\"'][\w./-]+\.(?:csv|json|png|nc|yaml|pt|npy)[\"']", code)
+    assert not literals, f"{path.stem} names files itself: {literals}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

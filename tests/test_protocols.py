@@ -93,7 +93,7 @@ def _digit_tasks_and_config(tmp_path):
 
 
 def test_the_config_svd_driver_reaches_every_head_and_is_checked_first(tmp_path, monkeypatch):
-    from nmtune_lib.transfer import tuning as batched_tuning
+    from nmtune_lib.transfer import downstream as batched_tuning  # where run_transfer finds fit_heads
 
     with pytest.raises(ValueError, match="svd_driver='gesvdx': expected '' .*or one of gesvd, gesvdj, gesvda"):
         StudyConfig.from_preset("smoke", svd_driver="gesvdx")

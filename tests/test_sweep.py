@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from conftest import NMTUNE, ROOT, SMOKE_RUNS as RUNS, needs_fmnist, nmtune_sweep as _sweep
+from conftest import NMTUNE, ROOT, SMOKE_RUNS as RUNS, needs_fmnist, nmtune_sweep, nmtune_sweep as _sweep
 
 pytestmark = [needs_fmnist, pytest.mark.slow]
 
@@ -314,3 +314,51 @@ def test_the_readme_xarray_block_runs_on_a_sweep(smoke_sweep, capsys):
     with xr.open_dataset(next(smoke_sweep.rglob("transfer.nc"))) as transfer:
         tasks = list(transfer["task"].values)
     assert all(printed.count(task) >= 2 for task in tasks)  # in the per-task drop and in the effects table
+
+
+# A bad value of every StudyConfig field, refused before anything is written (a value of the wrong type, out of its
+# range, or naming what does not exist); the fields that accept any value say why.
+BAD_VALUES = {
+    "preset": "nope", "dataset": "cifar", "noise_ratios": [1.5], "noise_kind": "pairs", "seeds": [-1],
+    "objective": "dino", "model": "resnet_nonexistent", "small_stem": "maybe", "img_size": 4, "train_subset": -1,
+    "epochs": 0, "batch_size": 0, "lr": 0.0, "momentum": 1.0, "weight_decay": -1.0, "label_smoothing": 1.0,
+    "clip_lr": -1.0, "clip_weight_decay": -1.0, "caption_attributes": ["colour"], "compile": "never", "stream": True,
+    "loader_workers": -1, "pretrained": "/no/such/weights.pt", "spectrum_split": "val", "spectrum_samples": -1,
+    "spectrum_top_k": 0, "feature_batch_size": 0, "methods": ["svm"], "protocols": ["fair"], "lr_grid": [0.0],
+    "holdout_fraction": 0.7, "head_epochs": 0, "head_batch_size": 0, "lp_lr": 0.0, "mlp_lr": 0.0,
+    "head_weight_decay": -1.0, "w_mse": -1.0, "w_cov": -1.0, "w_svd": -1.0, "svd_top_k": 129, "svd_driver": "magma",
+    "views": 1, "ft_epochs": 0, "ft_backbone_lr_scale": 0.0, "view_crop_scale": [0.9, 0.1],
+    "view_crop_ratio": [2.0, 1.0], "view_interpolation": "lanczos", "view_blur": -1.0, "head_mode": "streamed",
+    "task_subset": -1, "ablation": "sometimes", "ablation_task": "not_a_task", "reg_scales": [-1.0],
+    "single_lambda": -1.0, "robustness": ["epochs=3"], "device": "tpu", "num_threads": -1,
+    "data_root": "/no/such/data/root", "task_suite": "imagenet", "tasks": ["cifar10"],
+}
+ANY_VALUE = {"run_root": "any folder: it is created", "progress": "a switch: bars or printed lines, both valid"}
+
+
+def test_every_config_field_is_checked_before_a_run_folder_is_written(tmp_path):
+    """Each bad value stops the sweep's checks (``sweep.validate``: the configuration, the notebooks' parameters,
+    the preflight) with an error naming the field or its value, and nothing is written under the run root."""
+    import dataclasses
+
+    from nmtune_lib.config import StudyConfig
+    from nmtune_lib.run import Study
+    from nmtune_lib.study.sweep import validate
+
+    fields = {f.name for f in dataclasses.fields(StudyConfig)}
+    assert set(BAD_VALUES) | set(ANY_VALUE) == fields, sorted(fields ^ (set(BAD_VALUES) | set(ANY_VALUE)))
+    for field, bad in BAD_VALUES.items():
+        root = tmp_path / field
+        with pytest.raises(ValueError) as err:
+            config = StudyConfig.from_preset("smoke" if field != "preset" else bad, run_root=str(root),
+                                             **({field: bad} if field != "preset" else {}))
+            overrides = {field: bad} if field not in ("preset", "noise_ratios", "seeds") else {}
+            validate(Study(config), overrides)
+        assert field in str(err.value) or str(bad) in str(err.value), (field, str(err.value))
+        assert not root.exists(), field
+
+
+def test_an_unknown_model_stops_the_sweep_before_notebook_01_writes_anything(tmp_path):
+    result = nmtune_sweep(tmp_path, "--set", "model=resnet_nonexistent", timeout=120)
+    assert result.returncode == 2 and "unknown model 'resnet_nonexistent'" in result.stderr
+    assert not (tmp_path / "smoke").exists()

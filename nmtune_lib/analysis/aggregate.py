@@ -287,3 +287,73 @@ def run_table(transfer: xr.Dataset, spectrum: xr.Dataset, *, centering: str = "c
     frame = xr.Dataset({k: v.drop_vars([c for c in v.coords if c not in ("noise_ratio", "seed")])
                         for k, v in columns.items()}).to_dataframe().reset_index()
     return frame[["noise_ratio", "seed", *columns]].sort_values(["noise_ratio", "seed"])
+
+
+# --- one run's tables (notebook 04) -------------------------------------------------------------------------------
+
+MAIN_HEADS = ("lp", "mlp", "nmtune", "ft")  # the heads a run's tables show (the ablation's are shown apart)
+
+
+def _one_run(transfer: xr.Dataset) -> xr.Dataset:
+    """A run's base setting, its one noise ratio and seed, and its main heads."""
+    base = transfer.sel(setting="base").isel(noise_ratio=0, seed=0)
+    return base.sel({"method": [m for m in base["method"].values if m in MAIN_HEADS]})
+
+
+def accuracy_table(transfer: xr.Dataset) -> pd.DataFrame:
+    """A run's accuracy (%) per protocol and head (rows) and task / test domain (columns; the training domain of an
+    OOD task marked ``*``)."""
+    acc = _one_run(transfer)["accuracy"].to_dataframe().dropna(subset=["accuracy"]).reset_index()
+    acc["column"] = [f"{t} / {d}{' *' if d == tr else ''}"
+                     for t, d, tr in zip(acc["task"], acc["test_domain"], acc["train_domain"])]
+    return acc.pivot_table(index=["protocol", "method"], columns="column", values="accuracy", sort=False) * 100
+
+
+def means_by_protocol(transfer: xr.Dataset) -> pd.DataFrame:
+    """A run's ID mean, OOD mean and OOD mean with the training domain per protocol and head (fractions)."""
+    base = _one_run(transfer)
+    rows = []
+    for protocol in base["protocol"].values:
+        part = base.sel(protocol=protocol)
+        m, w = id_ood_means(part), id_ood_means(part, include_train_domain=True)
+        rows.append(pd.DataFrame({"protocol": protocol, "ID mean": m["id_mean"].to_series(),
+                                  "OOD mean": m["ood_mean"].to_series(),
+                                  "OOD mean (with train domain)": w["ood_mean"].to_series()}))
+    return pd.concat(rows).set_index("protocol", append=True).swaplevel().dropna(how="all")
+
+
+def learning_rates(transfer: xr.Dataset) -> pd.DataFrame:
+    """A run's learning rate per (protocol, head) and task (the matched protocol's chosen on held-out data)."""
+    return _one_run(transfer)["lr"].to_dataframe()["lr"].unstack("task").dropna(how="all")
+
+
+COST_VARIABLES = ("fit_seconds", "peak_memory_mb", "trained_params")  # transfer.nc: what a head cost
+
+
+def cost_frame(transfer: xr.Dataset) -> pd.DataFrame:
+    """``costs.csv``: every main head's fit time, peak memory and trained parameters per run, protocol and task
+    (base setting); a head fitted once for several tasks (one training set) is listed under each."""
+    present = [v for v in COST_VARIABLES if v in transfer]
+    if not present:
+        return pd.DataFrame(columns=["noise_ratio", "seed", "protocol", "method", "task", *COST_VARIABLES])
+    base = transfer.sel(setting="base")
+    base = base.sel({"method": [m for m in base["method"].values if m in MAIN_HEADS]})
+    frame = base[present].to_dataframe().reset_index().dropna(subset=[present[0]])
+    return frame[["noise_ratio", "seed", "protocol", "method", "task", *present]]
+
+
+def run_costs(transfer: xr.Dataset) -> pd.DataFrame:
+    """A run's cost per protocol and head, summed over its tasks' distinct fits (seconds) or at most (memory)."""
+    frame = cost_frame(transfer)
+    if frame.empty:
+        return frame
+    agg = {"fit_seconds": "sum", "peak_memory_mb": "max", "trained_params": "max"}
+    return frame.groupby(["protocol", "method"], sort=False).agg({k: v for k, v in agg.items() if k in frame})
+
+
+def tuned_spectrum_table(transfer: xr.Dataset) -> pd.DataFrame | None:
+    """SVE, p₁ and σ₁ of the tuned features (f for LP, z for MLP and NMTune) per run and head, or None."""
+    if "tuned_method" not in transfer.dims:
+        return None
+    names = [f"tuned_{m}" for m in ("sve", "p1", "sigma1") if f"tuned_{m}" in transfer]
+    return transfer[names].mean("seed").to_dataframe().unstack("tuned_method").round(4)

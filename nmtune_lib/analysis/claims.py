@@ -149,17 +149,19 @@ def ratio_texts(cid: str, template: str, ratios: Sequence[float], probe: str = "
     """id → (text, form) of a claim stated at every ratio of ``ratios``: its ``paper`` row, a ``component`` per
     ratio and the ``secondary`` average (``template`` has the fields ``which``, ``how`` and ``probe``)."""
     text = lambda which, how: template.format(which=which, how=how, probe=probe.upper())  # noqa: E731
-    return {cid: (text(f"at every ratio ({_pct(ratios)})", "each ratio − clean"), "paper"),
+    every_ratio = f"at every ratio ({_pct(ratios)})" if ratios else "at every noisy ratio"
+    return {cid: (text(every_ratio, "each ratio − clean"), "paper"),
             **{f"{cid}@{ratio_percent(r)}": (text(f"at {ratio_percent(r)} noise", f"{ratio_percent(r)} − clean"),
                                              "component") for r in ratios},
-            f"{cid}-mean": (text(f"on average over {_pct(ratios)}", "their mean − clean"), "secondary")}
+            f"{cid}-mean": (text(f"on average over {_pct(ratios) or 'the noisy ratios'}", "their mean − clean"),
+                            "secondary")}
 
 
 def per_ratio_claims(cid: str, template: str, values: xr.DataArray, g: _Grid, ratios: list[float], sign: int,
                      unit: str, scale: float, probe: str) -> list[Claim]:
     """A claim stated at every ratio of ``ratios``: one ``component`` cell per ratio (each ratio − clean, paired by
     seed), the ``paper`` row combining them, and the ``secondary`` average of the ratios − clean."""
-    texts = ratio_texts(cid, template, ratios, probe)
+    texts = ratio_texts(cid, template, ratios or (SLIGHT if cid == "1a" else ()), probe)
     if g.zero is None or not ratios:
         why = f"noise ratio 0 and {'a slight one (' + _pct(SLIGHT) + ')' if cid == '1a' else 'a noise ratio > 0'}"
         return [unjudged(i, text, form, sign, why) for i, (text, form) in texts.items()]
@@ -177,7 +179,8 @@ def _transfer_claims(g: _Grid, id_lp: xr.DataArray, ood_lp: xr.DataArray, probe:
                "heavy − slight)")
     out.append(make_claim("1b", text_1b, "paper", (_at(id_lp, g.heavy) - _at(id_lp, g.slight)).values, -1, "points",
                           100) if g.slight and g.heavy else
-               unjudged("1b", text_1b, "paper", -1, f"a slight ({_pct(SLIGHT)}) and a heavy ({_pct(HEAVY)}) ratio"))
+               unjudged("1b", text_1b, "paper", -1,
+                        f"a slight ({_pct(SLIGHT)}) and a heavy ({_pct(HEAVY)}) noise ratio"))
     out += per_ratio_claims("2a", TEXT_2A, ood_lp, g, g.noisy, -1, "points", 100, probe)
     text_2b = "More noise hurts OOD more (slope of the OOD mean vs noise ratio, points per 10% noise)"
     out.append(make_claim("2b", text_2b, "paper", slope(ood_lp), -1, "points/10%", 10)

@@ -15,7 +15,7 @@ import torch
 import xarray as xr
 
 from ..config import ratio_label, ratio_percent
-from .aggregate import id_ood_means, mean_ci
+from .aggregate import MAIN_HEADS, id_ood_means, mean_ci
 
 # --- shared helpers --------------------------------------------------------------------------------------------
 
@@ -244,6 +244,29 @@ def methods_by_task(transfer: xr.Dataset) -> plt.Figure:
                        height=4.5, aspect=0.7 if panels > 1 else 1.2, hue_order=methods, orient="h",
                        legend_out=panels > 1)
     return grid.figure
+
+
+def heads_by_task(transfer: xr.Dataset) -> plt.Figure:
+    """One run's main heads on every (task, test domain), one panel per protocol (accuracy, %)."""
+    base = transfer.sel(setting="base").isel(noise_ratio=0, seed=0)
+    heads = [m for m in base["method"].values if m in MAIN_HEADS]
+    frame = base["accuracy"].sel({"method": heads}).to_dataframe().dropna(subset=["accuracy"]).reset_index()
+    frame["task / test domain"] = [f"{t} / {d}{' *' if d == tr else ''}" for t, d, tr in
+                                   zip(frame["task"], frame["test_domain"], frame["train_domain"])]
+    frame["accuracy (%)"] = frame["accuracy"] * 100
+    grid = sns.catplot(frame, kind="bar", x="accuracy (%)", y="task / test domain", hue="method", hue_order=heads,
+                       col="protocol", height=5, aspect=1.0, orient="h")
+    ratio = ratio_percent(float(base["noise_ratio"]))
+    grid.figure.suptitle(f"heads on the frozen backbone pre-trained with {ratio} label noise", y=1.02)
+    return grid.figure
+
+
+def empty_figure(text: str) -> plt.Figure:
+    """A small figure that says why there is nothing to draw (an empty table's figure)."""
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10)
+    return fig
 
 
 def decomposition(decomp: pd.DataFrame) -> plt.Figure:

@@ -20,11 +20,14 @@ class, no attributes).
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ..run import CAPTIONS
 
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.", "a photo of the {}.",
              "a close-up photo of a {}.")
@@ -155,3 +158,8 @@ def swapped_examples(captions: list[str], noisy, count: int = 8):
     index = torch.nonzero(noisy.flipped).squeeze(1)[:count].tolist()
     return pd.DataFrame({"sample": index, "own caption": [captions[i] for i in index],
                          "caption it is trained with": [captions[int(noisy.caption_source[i])] for i in index]})
+
+
+def stored_captions(run) -> list[str]:
+    """Every training image's own caption, as notebook 01 stored them in the run directory (``run.CAPTIONS``)."""
+    return json.loads((run.dir / CAPTIONS).read_text())["captions"]

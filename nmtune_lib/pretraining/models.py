@@ -134,12 +134,7 @@ def create_backbone(name: str, *, num_classes: int, in_chans: int = 1, img_size:
     ``checkpoint`` loads weights saved by ``pretraining.pretrain`` (``{"model": state_dict, ...}``) or a plain state
     dict. Weights are initialised from torch's global RNG, as timm does: seed it (or fork it) around this call.
     """
-    arch = timm.models.split_model_name_tag(name)[0]
-    if not is_model(arch):
-        names = timm.list_models()
-        close = difflib.get_close_matches(name, names, n=6, cutoff=0.6)
-        raise ValueError(f"unknown model {name!r}; close timm names: {', '.join(close) or 'none'} "
-                         f"(all {len(names)} names: timm.list_models())")
+    check_model(name)
     net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
     if small_stem:
         _use_small_stem(net, in_chans)
@@ -149,6 +144,21 @@ def create_backbone(name: str, *, num_classes: int, in_chans: int = 1, img_size:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         backbone.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
     return backbone
+
+
+def check_model(name: str) -> None:
+    """Raise ``ValueError`` naming the closest timm names unless ``name`` is a timm model (the study's own included)."""
+    if not is_model(timm.models.split_model_name_tag(name)[0]):
+        names = timm.list_models()
+        close = difflib.get_close_matches(name, names, n=6, cutoff=0.6)
+        raise ValueError(f"unknown model {name!r}; close timm names: {', '.join(close) or 'none'} "
+                         f"(all {len(names)} names: timm.list_models())")
+
+
+def feature_width(name: str, *, small_stem: bool = False) -> int:
+    """D, the width of ``name``'s pre-logit features, read from the model built on the meta device (no weights)."""
+    with torch.device("meta"):
+        return int(create_backbone(name, num_classes=10, small_stem=small_stem).num_features)
 
 
 def _stem_conv(in_chans: int, width: int, *, stride: int) -> nn.Conv2d:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import contextlib
+import json
 import multiprocessing
 import os
 import signal
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PROJECT_ROOT as ROOT
-from ..markers import is_done, mark_done, step_key
+from ..config import StudyConfig
+from ..markers import changed_outputs, is_done, mark_done, read_marker, step_key, stored_key
 from ..parameters import NOTEBOOK_DIR
 from ..run import Run
+from .keys import code_key, config_key, reasons
 
 RUN_NOTEBOOKS = ("01_noise_injection", "02_pretrain", "03_spectrum", "04_transfer")
 SUMMARY_NOTEBOOK = "05_summary"
@@ -64,39 +67,63 @@ def execute_notebook(name: str, out: Path, parameters: dict[str, Any], *, cwd: P
                   f"{KERNEL_START_TRIES})", file=sys.stderr, flush=True)
 
 
-def execute(name: str, out_dir: Path, parameters: dict[str, Any], files: tuple[dict[str, Path], dict[str, Path]]
-            ) -> dict[str, Any]:
-    """Run one notebook unless its marker says it is done (markers.py); return the marker (or raise on a failing cell).
+Files = tuple[dict[str, Path], dict[str, Path]]  # a step's (inputs, outputs), file name → path
 
-    ``files``: the step's (inputs, outputs). The executed notebook is written to ``out_dir/<name>.ipynb`` (kept when
-    a cell fails, for inspection).
-    """
+
+def step_status(name: str, out_dir: Path, parameters: dict[str, Any], files: Files, config: StudyConfig
+                ) -> tuple[dict[str, Any], dict[str, Any] | None, list[str]]:
+    """(key, the marker if the step is done and current else None, why it is not): the key is what notebook
+    ``name`` computes with (``study.keys``: its parameters, configuration fields, code, packages and inputs)."""
     inputs, outputs = files
+    key = step_key(parameters, inputs, config=config_key(config, name), code=code_key(name))
     marker = out_dir / f"{name}.done"
-    key = step_key(parameters, inputs)  # hashes the input files: once, for the check and the new marker
     done = is_done(marker, key, outputs)
     if done is not None:
+        return key, done, []
+    stored = read_marker(marker)
+    why = reasons(stored_key(stored), json.loads(json.dumps(key)))
+    if not why:
+        why = [f"output {', '.join(changed_outputs(stored, outputs))} changed, damaged or missing"]
+    return key, None, why
+
+
+def _say(text: str) -> None:
+    """One whole line at once on stdout (workers of a sweep write beside each other and beside its bar)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def execute(name: str, out_dir: Path, parameters: dict[str, Any], files: Files, config: StudyConfig,
+            *, log=_say) -> dict[str, Any]:
+    """Run one notebook unless its marker says it is done and current (``step_status``); return the marker (or raise
+    on a failing cell). A step that runs says why (``log``). The executed notebook is written to
+    ``out_dir/<name>.ipynb`` (kept when a cell fails, for inspection)."""
+    key, done, why = step_status(name, out_dir, parameters, files, config)
+    if done is not None:
         return {**done, "skipped": True}
-    marker.unlink(missing_ok=True)  # stale: parameters, an input or an output changed; redo
+    (out_dir / f"{name}.done").unlink(missing_ok=True)  # stale: redo
+    log(f"{out_dir}: running {name} ({'; '.join(why)})\n")
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     execute_notebook(name, out_dir / f"{name}.ipynb", parameters)
-    return mark_done(marker, key, outputs, notebook=name, seconds=round(time.perf_counter() - start, 2),
-                     finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return mark_done(out_dir / f"{name}.done", key, files[1], notebook=name,
+                     seconds=round(time.perf_counter() - start, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-def step_done(name: str, out_dir: Path, parameters: dict[str, Any], files: tuple[dict[str, Path], dict[str, Path]]
-              ) -> dict[str, Any] | None:
-    """The marker of notebook ``name`` in ``out_dir`` if it is current (same parameters and inputs, outputs intact),
-    else None."""
-    inputs, outputs = files
-    return is_done(out_dir / f"{name}.done", step_key(parameters, inputs), outputs)
+def chain_status(spec: RunSpec) -> dict[str, list[str]]:
+    """Notebook → why it would run ([] = done and current), for every notebook of a run's chain; a notebook after
+    one that would run would run too (its inputs are about to change)."""
+    out, earlier = {}, None
+    for name in RUN_NOTEBOOKS:
+        why = step_status(name, spec.run.dir, spec.parameters[name], spec.run.step_files(name), spec.run.config)[2]
+        out[name] = why or ([f"an earlier step reruns ({earlier})"] if earlier else [])
+        earlier = earlier or (name if why else None)
+    return out
 
 
 def chain_done(spec: RunSpec) -> bool:
     """Whether every notebook of a run's chain is done and current (a rerun would skip them all)."""
-    return all(step_done(name, spec.run.dir, spec.parameters[name], spec.run.step_files(name)) is not None
-               for name in RUN_NOTEBOOKS)
+    return not any(chain_status(spec).values())
 
 
 def run_chain(spec: RunSpec, threads: int) -> dict[str, Any]:
@@ -106,7 +133,7 @@ def run_chain(spec: RunSpec, threads: int) -> dict[str, Any]:
     result: dict[str, Any] = {"run_dir": str(spec.run.dir), "seconds": {}, "skipped": [], "error": None}
     for name in RUN_NOTEBOOKS:
         try:
-            done = execute(name, spec.run.dir, spec.parameters[name], spec.run.step_files(name))
+            done = execute(name, spec.run.dir, spec.parameters[name], spec.run.step_files(name), spec.run.config)
         except Exception as err:  # papermill's PapermillExecutionError carries the failing cell
             cell = getattr(err, "exec_count", None)
             result["error"] = (f"{name} failed (cell [{cell}]: {getattr(err, 'ename', type(err).__name__)}: "

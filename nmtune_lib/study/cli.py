@@ -266,7 +266,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if (getattr(args, "jobs", 1) or 1) < 1:
+        if getattr(args, "jobs", None) is not None and args.jobs < 1:
             raise ValueError(f"--jobs {args.jobs}: expected an integer >= 1")
         return COMMANDS[args.command](args)
     except (ValueError, RunRootBusy) as err:

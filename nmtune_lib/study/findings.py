@@ -8,7 +8,8 @@ sha256 of every table read. An answer is a Jinja template whose numbers come fro
 ``Tables`` (``verdict``, ``effect``, ``iv``, ``num``, ``count``): no number is typed by hand, so a changed table
 changes the text, and ``--check`` fails until the findings are regenerated.
 
-The README carries two generated blocks between ``<!-- findings:NAME -->`` and ``<!-- /findings -->``: ``headline``
+``docs/CONTRACTS.md`` is written and checked alongside (``contracts``). The README carries two generated blocks
+between ``<!-- findings:NAME -->`` and ``<!-- /findings -->``: ``headline``
 (the default set's verdicts, the same cells as the matrix's default column, and whether its reruns agree) and
 ``time`` (the measured time of the two commands).
 """
@@ -27,7 +28,8 @@ from ..analysis.tables import (PROTOCOLS, claim_cell, compare_claims, folder_tab
                                short_claim, to_markdown)
 from ..config import PROJECT_ROOT, ratio_percent
 from ..files import atomic_write_text
-from .experiments import EXPERIMENTS_FILE, Experiment, MAIN_SETS, load_experiments
+from .contracts import CONTRACTS, contracts_document
+from .experiments import EXPERIMENTS_FILE, MAIN_SETS, Experiment, load_experiments
 
 FINDINGS = PROJECT_ROOT / "reports" / "README.md"
 README = PROJECT_ROOT / "README.md"
@@ -297,6 +299,7 @@ def write_findings(root: Path = PROJECT_ROOT) -> Path:
     readme = root / README.name
     atomic_write_text(root / FINDINGS.relative_to(PROJECT_ROOT), document)
     atomic_write_text(readme, apply_blocks(readme.read_text(), blocks))
+    atomic_write_text(root / CONTRACTS.relative_to(PROJECT_ROOT), contracts_document())
     return root / FINDINGS.relative_to(PROJECT_ROOT)
 
 
@@ -306,7 +309,9 @@ def check_findings(root: Path = PROJECT_ROOT) -> list[str]:
     document, blocks, _ = findings_document(root)
     problems = []
     readme, findings = root / README.name, root / FINDINGS.relative_to(PROJECT_ROOT)
-    for path, expected in ((findings, document), (readme, apply_blocks(readme.read_text(), blocks))):
+    contracts = root / CONTRACTS.relative_to(PROJECT_ROOT)
+    for path, expected in ((findings, document), (readme, apply_blocks(readme.read_text(), blocks)),
+                           (contracts, contracts_document())):
         have = path.read_text() if path.exists() else ""
         if have != expected:
             a, b = have.splitlines(), expected.splitlines()

@@ -3,12 +3,14 @@ claims table, the summary's figures and its CSV tables on top."""
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
 
 from ..config import PROJECT_ROOT
 from ..files import atomic_write, atomic_write_text
-from ..run import Study
+from ..markers import read_marker
+from ..run import PROVENANCE, Study
 from .chains import RUN_NOTEBOOKS, SUMMARY_NOTEBOOK
 from .report_index import page_title, write_indexes
 
@@ -181,6 +183,7 @@ def report(study: Study, out_root: Path, *, all_seeds: bool = False) -> Path:
     if not study.dir.is_dir():
         raise ValueError(f"no runs of preset {config.preset!r} under {config.run_root}: run "
                          f"'nmtune sweep --preset {config.preset}' first, or pass the --run-root it used")
+    check_code(study)
     out = out_root / config.preset
     out.mkdir(parents=True, exist_ok=True)
     roots = (str(config.run_root),)
@@ -196,12 +199,31 @@ def report(study: Study, out_root: Path, *, all_seeds: bool = False) -> Path:
                             set_name=config.preset, run_roots=roots)
     for path in sorted(study.dir.glob("*.png")):  # the summary's key figures, compacted as the pages' figures are
         atomic_write(out / path.name, lambda fh, f=path: fh.write(compact_png(f.read_bytes())))
-    for path in (*sorted(study.dir.glob("*.csv")), study.path("config.yaml")):
+    for path in (*sorted(study.dir.glob("*.csv")), study.path("config.yaml"), study.path(PROVENANCE)):
         if path.exists():
             atomic_write_text(out / path.name, relocate(path.read_text(), roots))
     write_indexes(out_root, also=(config.preset,))
     remove_stale_stylesheets(out_root)
     return out / "index.html"
+
+
+def check_code(study: Study) -> None:
+    """Refuse a set whose runs were computed by different code: for every notebook, the code its runs' markers
+    record (``keys.code_key``) must be one, and the study folder's ``provenance.json`` must say the same; a marker
+    written before code was tracked is let through (nothing to compare)."""
+    recorded = json.loads(study.path(PROVENANCE).read_text()) if study.path(PROVENANCE).exists() else {}
+    for name in (*RUN_NOTEBOOKS, SUMMARY_NOTEBOOK):
+        markers = ([(run.dir, read_marker(run.dir / f"{name}.done")) for run in study.runs()]
+                   if name != SUMMARY_NOTEBOOK else [(study.dir, read_marker(study.path(f"{name}.done")))])
+        codes = {where: json.dumps(m["key"]["code"], sort_keys=True) for where, m in markers
+                 if m and "code" in m.get("key", {})}
+        expected = json.dumps(recorded[name], sort_keys=True) if name in recorded else None
+        common = expected or (max(set(codes.values()), key=list(codes.values()).count) if codes else None)
+        odd = [str(where) for where, code in codes.items() if code != common]
+        if odd:
+            raise ValueError(f"{name} of {len(odd)} run(s) was computed by other code than the rest of the set "
+                             f"({'the sweep recorded' if expected else 'the other runs'}): {', '.join(odd[:4])}"
+                             f"{' …' if len(odd) > 4 else ''}; rerun the sweep, which recomputes them")
 
 
 def refinish_pages(out_root: Path) -> list[Path]:

@@ -22,11 +22,13 @@ from ..data.datasets import pretraining_data
 from ..files import atomic_write_json, atomic_write_text
 from ..markers import read_marker
 from ..parameters import declared_parameters
-from ..pretraining.models import resolve_device
+from ..pretraining.models import check_model, feature_width, resolve_device
 from ..pretraining.pretrained import check_pretrained
-from ..run import Study
+from ..run import PROVENANCE, Study
 from ..transfer.tasks import missing_data
-from .chains import RUN_NOTEBOOKS, RunSpec, SUMMARY_NOTEBOOK, execute, kill_descendants, pool, run_chain, tally
+from .chains import (RUN_NOTEBOOKS, RunSpec, SUMMARY_NOTEBOOK, chain_status, execute, kill_descendants, pool,
+                     run_chain, step_status, tally)
+from .keys import code_key
 from .lock import run_root_lock
 from .slurm import check_cluster, run_chains_on_slurm
 
@@ -96,10 +98,17 @@ def summary_parameters(study: Study, overrides: dict[str, Any]) -> dict[str, Any
 # --- the sweep --------------------------------------------------------------------------------------------------
 
 def preflight(config: StudyConfig, extra: dict[str, Any]) -> None:
-    """Checks that need no run folder, run before any is written: the device exists and the pre-training data is
-    readable where the config says (a damaged or missing dataset file is named), and so are the user's
-    pretrained weights, if any."""
+    """Checks that need no run folder, run before any is written: the device exists, the model is a timm model
+    whose feature width admits ``svd_top_k``, and the pre-training data is readable where the config says (a damaged
+    or missing dataset file is named), and so are the user's pretrained weights and the task suite's data."""
     device = extra.get("device", config.device)
+    check_model(config.model)
+    width = feature_width(config.model, small_stem=config.small_stem)
+    bound = min(width, 2 * config.head_batch_size)
+    if "nmtune" in config.methods and config.svd_top_k > bound:
+        raise ValueError(f"config svd_top_k={config.svd_top_k}: expected at most {bound}, the singular values of a "
+                         f"step's 2B×D matrix z (head_batch_size={config.head_batch_size}, D={width} of "
+                         f"{config.model})")
     try:
         resolve_device(str(device))
     except (RuntimeError, ValueError) as err:
@@ -115,16 +124,27 @@ def preflight(config: StudyConfig, extra: dict[str, Any]) -> None:
                          f"{'; '.join(missing)}")
 
 
+def validate(study: Study, overrides: dict[str, Any], extra: dict[str, Any] | None = None
+             ) -> tuple[StudyConfig, dict[str, Any], list[RunSpec]]:
+    """Every check the sweep makes before anything is written: the overrides resolve to a valid configuration,
+    every notebook parameter is declared, and ``preflight`` passes. Returns (resolved config, the overrides that
+    differ from the preset, every run's chain)."""
+    resolved = StudyConfig.from_preset(study.config.preset, **{**_grid_fields(study.config), **overrides})
+    overrides = effective_overrides(resolved, overrides)
+    runs = plan(study, overrides, extra)
+    preflight(resolved, extra or {})
+    return resolved, overrides, runs
+
+
 def sweep(study: Study, overrides: dict[str, Any], *, jobs: int = 1, summary: bool = True,
           extra: dict[str, Any] | None = None, wait: bool = False, slurm=None, dry_run: bool = False) -> int:
     """Run every chain (``jobs`` worker processes, cores split between them; or, given ``slurm`` resources
     (``slurm.SlurmResources``), one Slurm job array), then the summary; return the number of failed runs. Holds the
     run root's lock throughout (a second sweep there is refused, or waits with ``wait``)."""
     config = study.config
-    resolved = StudyConfig.from_preset(config.preset, **{**_grid_fields(config), **overrides})  # bad overrides raise
-    overrides = effective_overrides(resolved, overrides)
-    runs = plan(study, overrides, extra)
-    preflight(resolved, extra or {})
+    resolved, overrides, runs = validate(study, overrides, extra)
+    if dry_run:
+        return dry_run_report(study, runs, summary_parameters(study, overrides), resolved, summary=summary)
     if slurm is not None:
         check_cluster()
     with run_root_lock(config.run_root, wait=wait):
@@ -136,7 +156,8 @@ def sweep(study: Study, overrides: dict[str, Any], *, jobs: int = 1, summary: bo
             timings, skipped, failures = run_chains_on_slurm(study, runs, slurm)
         if summary and not failures:
             try:
-                done = execute(SUMMARY_NOTEBOOK, study.dir, summary_parameters(study, overrides), study.summary_files())
+                done = execute(SUMMARY_NOTEBOOK, study.dir, summary_parameters(study, overrides),
+                               study.summary_files(), resolved)
                 if done.get("skipped"):
                     skipped[SUMMARY_NOTEBOOK] = 1
                 else:
@@ -153,6 +174,26 @@ def sweep(study: Study, overrides: dict[str, Any], *, jobs: int = 1, summary: bo
     if failures:
         print(f"{len(failures)} failure(s):\n  " + "\n  ".join(failures), file=sys.stderr)
     return len(failures)
+
+
+def dry_run_report(study: Study, runs: list[RunSpec], summary_params: dict[str, Any], resolved: StudyConfig, *,
+                   summary: bool = True, log=print) -> int:
+    """``nmtune sweep --dry-run``: per run and notebook, done or would run and why (``chains.chain_status``), then
+    the summary, as ``snakemake -n`` and ``dvc status`` do; runs nothing, writes nothing. Returns 0."""
+    counts: dict[str, int] = {}
+    for spec in runs:
+        where = spec.run.dir.relative_to(study.runs_dir).as_posix()
+        for name, why in chain_status(spec).items():
+            counts[name] = counts.get(name, 0) + bool(why)
+            log(f"{where:<28} {name:<20} {'would run: ' + '; '.join(why) if why else 'done'}")
+    if summary:
+        why = step_status(SUMMARY_NOTEBOOK, study.dir, summary_params, study.summary_files(), resolved)[2]
+        if any(counts.values()):
+            why = ["runs of its grid rerun", *why]
+        counts[SUMMARY_NOTEBOOK] = int(bool(why))
+        log(f"{'(summary)':<28} {SUMMARY_NOTEBOOK:<20} {'would run: ' + '; '.join(why) if why else 'done'}")
+    log("would run: " + ", ".join(f"{name} ×{n}" for name, n in counts.items()))
+    return 0
 
 
 def run_chains(study: Study, runs: list[RunSpec], jobs: int, on_run: Callable[[dict[str, float]], None] | None = None
@@ -187,7 +228,8 @@ def run_chains(study: Study, runs: list[RunSpec], jobs: int, on_run: Callable[[d
 
 def record_timing(study: Study, resolved: StudyConfig, *, jobs: int | str, started: float, ran: dict[str, float]
                   ) -> None:
-    """Write the study folder's ``config.yaml`` (the resolved config) and ``timing.csv``: per notebook the seconds
+    """Write the study folder's ``config.yaml`` (the resolved config), ``provenance.json`` (the code and package
+    versions of every step: ``keys.code_key``) and ``timing.csv``: per notebook the seconds
     its executions took, summed over the grid's runs (from their markers, so resumed work counts once), and a
     ``total`` row with the wall-clock seconds of the sweep invocations that ran notebooks (``sweeps.json`` keeps one
     entry per invocation: start, wall time, jobs, cores, seconds per notebook). Called again by the same invocation
@@ -209,6 +251,7 @@ def record_timing(study: Study, resolved: StudyConfig, *, jobs: int | str, start
     total = sum(entry["wall_seconds"] for entry in log if entry["ran"])
     rows = [f"{name},{seconds:.1f}" for name, seconds in stages.items()] + [f"total,{total:.1f}"]
     atomic_write_text(study.path("timing.csv"), "stage,seconds\n" + "\n".join(rows) + "\n")
+    atomic_write_json(study.path(PROVENANCE), {name: code_key(name) for name in (*RUN_NOTEBOOKS, SUMMARY_NOTEBOOK)})
 
 
 def _grid_fields(config: StudyConfig) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import torch
 import xarray as xr
 
 from ..config import CENTERINGS, parse_assignments
-from ..data.augment import ViewAugment
+from ..data.augment import ViewAugment, to_float
 from ..data.noise import labels_sha256
 from ..pretraining.models import resolve_device
 from ..reference import METHODS
@@ -37,6 +37,8 @@ from ..spectrum.features import extract_features, tensor_sha256
 from ..spectrum.metrics import singular_values, spectrum_metrics
 from .protocols import (ABLATIONS, HeadSpec, candidate_specs, head_spec, holdout_split, reference_specs, select_lr,
                         sensitivity_specs)
+from .cost import PeakMemory, trained_parameters
+from .finetune import ImageViews, fit_finetune, view_images
 from .tuning import HEAD_KEYS, fit_head, fit_heads
 from .views import CachedViews, OnlineViews
 
@@ -56,6 +58,8 @@ class Score:
     fit_seconds: float
     head_mode: str
     lr: float
+    peak_memory_mb: float = float("nan")  # the fit's peak memory above its start (its batch's, if batched)
+    trained_params: int = 0  # parameters the fit trained
 
 
 def view_augment(config, flip: bool) -> ViewAugment:
@@ -95,34 +99,59 @@ class _TaskHeads:
     def fit_many(self, requests: Sequence[tuple[Any, HeadSpec, torch.Tensor | None, str]]) -> None:
         """Fit every ``(config, spec, sample index or None, name)`` not fitted yet; the heads that share their
         inputs, samples and schedule (epochs, batch size, weight decay) are trained as one batch (one by one with
-        ``fit_head`` if not ``batched``: the same numbers, slower)."""
+        ``fit_head`` if not ``batched``: the same numbers, slower); full fine-tuning (``ft``) one fit at a time.
+        Each fit records its peak memory (the batch's, for batched heads) and its trained parameters."""
         batches: dict[tuple, dict[tuple, tuple]] = {}
         for config, spec, index, name in requests:
             key = self._key(config, spec, index)
             if key not in self.fitted:
-                batch = (key[0], key[2], spec.epochs, spec.batch_size, spec.weight_decay, spec.svd_driver)
+                batch = (key[0], key[2], spec.epochs, spec.batch_size, spec.weight_decay, spec.svd_driver,
+                         key if spec.method == "ft" else None)
                 batches.setdefault(batch, {}).setdefault(key, (config, spec, index, name))
         for members in batches.values():
             config, spec, index, _ = next(iter(members.values()))
-            source = self.eval_train if spec.inputs == "eval" else self.views(config)
-            labels = self.task.train.labels
-            if index is not None:
-                source = source[index] if spec.inputs == "eval" else source.subset(index)
-                labels = labels[index]
-            common = dict(num_classes=self.task.num_classes, seed=self.seed, device=self.device,
-                          progress=self.progress)
-            if self.batched:
-                fits = fit_heads(source, labels, [{k: v for k, v in s.fit_kwargs().items() if k in HEAD_KEYS}
-                                                  for _, s, _, _ in members.values()], epochs=spec.epochs,
-                                 batch_size=spec.batch_size, weight_decay=spec.weight_decay,
-                                 svd_driver=spec.svd_driver, **common)
-            else:
-                fits = [fit_head(source, labels, **s.fit_kwargs(), **common) for _, s, _, _ in members.values()]
+            with PeakMemory(self.device) as peak:
+                fits = self._fit_batch(config, spec, index, [s for _, s, _, _ in members.values()])
+            for fit in fits:
+                fit.params.update(peak_memory_mb=peak.megabytes, trained_params=trained_parameters(fit.head))
             self.fitted.update(zip(members, fits))
             where = "all" if index is None else f"{len(index)} of {len(self.task.train)}"
             names = ", ".join(f"{name or s.method} {s.lr:g}" for _, s, _, name in members.values())
             self.log(f"{self.task.name:>22} {len(fits):>2} heads × {spec.epochs} epochs ({fits[0].mode}, {where}): "
                      f"{sum(f.seconds for f in fits):.1f} s  [{names}]")
+
+    def _fit_batch(self, config, spec: HeadSpec, index: torch.Tensor | None, specs: list[HeadSpec]) -> list:
+        """The heads ``specs`` (sharing ``spec``'s inputs, samples and schedule) trained on the samples ``index``."""
+        labels = self.task.train.labels if index is None else self.task.train.labels[index]
+        common = dict(num_classes=self.task.num_classes, seed=self.seed, device=self.device, progress=self.progress)
+        if spec.method == "ft":
+            return [fit_finetune(self.backbone, self.image_views(config, index), labels, epochs=spec.epochs,
+                                 batch_size=spec.batch_size, lr=spec.lr, backbone_lr_scale=config.ft_backbone_lr_scale,
+                                 weight_decay=spec.weight_decay, **common)]
+        source = self.eval_train if spec.inputs == "eval" else self.views(config)
+        if index is not None:
+            source = source[index] if spec.inputs == "eval" else source.subset(index)
+        if not self.batched:
+            return [fit_head(source, labels, **s.fit_kwargs(), **common) for s in specs]
+        return fit_heads(source, labels, [{k: v for k, v in s.fit_kwargs().items() if k in HEAD_KEYS} for s in specs],
+                         epochs=spec.epochs, batch_size=spec.batch_size, weight_decay=spec.weight_decay,
+                         svd_driver=spec.svd_driver, **common)
+
+    def image_views(self, config, index: torch.Tensor | None) -> ImageViews:
+        """Full fine-tuning's views: the K augmented images the cached views were encoded from (or, online, fresh
+        augmentations), of the samples ``index``."""
+        images = self.task.train.images
+        if config.head_mode == "online":
+            views = ImageViews(images, augment=self.augment, device=self.device)
+        else:
+            views = ImageViews(view_images(images, self.augment, config.views, self.seed), device=self.device)
+        return views if index is None else views.subset(index)
+
+    def score(self, fit, image_set) -> float:
+        """A fitted head's accuracy on an image set: on its frozen eval features, or, fine-tuned, on its images."""
+        if fit.method == "ft":
+            return fit.accuracy(to_float(image_set.images), image_set.labels)
+        return fit.accuracy(self.features(image_set), image_set.labels)
 
     def fit(self, config, spec: HeadSpec, index: torch.Tensor | None = None, *, name: str = ""):
         """The head ``spec`` trained on this task's samples ``index`` (all by default); ``name`` labels the log."""
@@ -130,6 +159,8 @@ class _TaskHeads:
         return self.fitted[self._key(config, spec, index)]
 
     def held_out_accuracy(self, fit, index: torch.Tensor) -> float:
+        if fit.method == "ft":
+            return fit.accuracy(to_float(self.task.train.images[index]), self.task.train.labels[index])
         return fit.accuracy(self.eval_train[index], self.task.train.labels[index])
 
 
@@ -159,25 +190,12 @@ def run_transfer(run, backbone, tasks: Sequence[Any], *, checkpoint_hash: str, d
     if config.ablation and config.ablation_task not in names:
         raise ValueError(f"ablation_task={config.ablation_task!r} is not a task of this suite; accepted: "
                          f"{', '.join(names)}")
-    methods = list(config.methods)
     scores: list[Score] = []
     selection: dict[tuple[str, str, str, float], float] = {}  # (setting, method, task, lr) → held-out accuracy
     tuned: dict[str, dict[str, float]] = {}
     spectrum_task = spectrum_task or tasks[0].name
-    by_train: dict[str, _TaskHeads] = {}  # tasks sharing a training set and flips share their heads
-    plans = []  # every head of every task is known first (the matched protocol's after its selection)
-    for task in tasks:
-        key = _content_key(task.train) + str(task.flip)
-        if key not in by_train:
-            by_train[key] = _TaskHeads(backbone, task, config, features, seed=seed, device=device, progress=progress,
-                                       log=log, batched=batched)
-        heads = by_train[key]
-        for setting, cfg, protocol in _setting_protocols(config):
-            specs = _protocol_specs(heads, cfg, protocol, methods, setting, selection, task.name, seed)
-            if (setting, protocol) == (BASE, "reference") and config.ablation and task.name == config.ablation_task:
-                specs.update({name: head_spec(cfg, name) for name in ABLATIONS})
-                specs.update(sensitivity_specs(cfg))
-            plans.append((task, heads, setting, cfg, protocol, specs))
+    by_train, plans = _plan(tasks, config, selection, seed, lambda task: _TaskHeads(
+        backbone, task, config, features, seed=seed, device=device, progress=progress, log=log, batched=batched))
     for heads in by_train.values():  # then fitted, the heads sharing inputs and schedule as one batch
         heads.fit_many([(cfg, spec, None, name) for _, h, _, cfg, _, specs in plans if h is heads
                         for name, spec in specs.items()])
@@ -185,14 +203,35 @@ def run_transfer(run, backbone, tasks: Sequence[Any], *, checkpoint_hash: str, d
         for method, spec in specs.items():
             fit = heads.fit(cfg, spec, name=method)
             for domain, test in task.tests.items():
-                scores.append(Score(setting, protocol, task.name, method, domain,
-                                    fit.accuracy(features(test), test.labels), fit.seconds, fit.mode, spec.lr))
+                scores.append(Score(setting, protocol, task.name, method, domain, heads.score(fit, test), fit.seconds,
+                                    fit.mode, spec.lr, fit.params.get("peak_memory_mb", float("nan")),
+                                    fit.params.get("trained_params", 0)))
             if (setting, protocol, task.name) == (BASE, config.protocols[0], spectrum_task) and method in METHODS:
                 tuned[method] = _tuned_spectrum(fit, features(task.tests[task.train_domain]), method, config)
     frozen = {(task.name, domain): frozen_spectrum(features(test), config.spectrum_top_k)
               for task in tasks for domain, test in task.tests.items()}
     return transfer_dataset(scores, tasks, noise_ratio=noise_ratio, seed=seed, selection=selection,
                             tuned_spectrum=tuned, frozen_spectrum=frozen, attrs=attrs)
+
+
+def _plan(tasks: Sequence[Any], config, selection: dict, seed: int, make_heads) -> tuple[dict, list]:
+    """Every head of every task, known before any is fitted (the matched protocol's after its learning-rate
+    selection): ``(heads by training set, [(task, heads, setting, config, protocol, specs)])``. Tasks that share a
+    training set and flips share their heads (``make_heads(task)`` makes them)."""
+    by_train: dict[str, _TaskHeads] = {}
+    plans = []
+    for task in tasks:
+        key = _content_key(task.train) + str(task.flip)
+        if key not in by_train:
+            by_train[key] = make_heads(task)
+        heads = by_train[key]
+        for setting, cfg, protocol in _setting_protocols(config):
+            specs = _protocol_specs(heads, cfg, protocol, list(config.methods), setting, selection, task.name, seed)
+            if (setting, protocol) == (BASE, "reference") and config.ablation and task.name == config.ablation_task:
+                specs.update({name: head_spec(cfg, name) for name in ABLATIONS})
+                specs.update(sensitivity_specs(cfg))
+            plans.append((task, heads, setting, cfg, protocol, specs))
+    return by_train, plans
 
 
 def _setting_protocols(config):
@@ -258,30 +297,26 @@ def transfer_dataset(scores: Sequence[Score], tasks: Sequence[Any], *, noise_rat
     axes["test_domain"] = list(dict.fromkeys(d for t in tasks for d in t.tests))
     shape = [1, 1] + [len(v) for v in axes.values()]
     acc = np.full(shape, np.nan)
-    secs, lrs = np.full(shape[:-1], np.nan), np.full(shape[:-1], np.nan)
+    secs, lrs, peak, params = (np.full(shape[:-1], np.nan) for _ in range(4))
     mode = np.full(shape[:-1], "", dtype=object)
     for s in scores:
         at = (0, 0) + tuple(axes[name].index(getattr(s, name)) for name in ("setting", "protocol", "method", "task"))
         acc[at + (axes["test_domain"].index(s.test_domain),)] = s.accuracy
-        secs[at], lrs[at], mode[at] = s.fit_seconds, s.lr, s.head_mode
+        secs[at], lrs[at], mode[at], peak[at], params[at] = (s.fit_seconds, s.lr, s.head_mode, s.peak_memory_mb,
+                                                             s.trained_params)
     dims = ("noise_ratio", "seed", "setting", "protocol", "method", "task", "test_domain")
     data = {
         "accuracy": (dims, acc, {"long_name": "test accuracy of the head", "units": "fraction correct"}),
         "fit_seconds": (dims[:-1], secs, {"long_name": "wall time to fit the head (features cached)", "units": "s"}),
         "lr": (dims[:-1], lrs, {"long_name": "learning rate of the head (matched protocol: chosen on held-out data)"}),
         "head_mode": (dims[:-1], mode, {"long_name": "where the views came from: eval features (reference LP), "
-                                                     "cached K-view features or online re-encoding"}),
+                                                     "cached K-view features, online re-encoding or images (ft)"}),
+        "peak_memory_mb": (dims[:-1], peak, {"long_name": "peak memory of the fit above its start (its batch's, if "
+                                                          "batched; CPU: resident set sampled every 5 ms)",
+                                             "units": "MiB"}),
+        "trained_params": (dims[:-1], params, {"long_name": "parameters the fit trained"}),
     }
-    coords = {
-        "noise_ratio": ("noise_ratio", [float(noise_ratio)], {"units": "fraction of pre-training labels flipped"}),
-        "seed": ("seed", np.array([seed], dtype=np.int64)),
-        **{name: (name, np.array(values, dtype=object)) for name, values in axes.items()},
-        "task_kind": ("task", np.array([t.kind for t in tasks], dtype=object), {"long_name": "id or ood"}),
-        "train_domain": ("task", np.array([t.train_domain for t in tasks], dtype=object)),
-        "chance": ("task", np.array([t.chance for t in tasks]), {"long_name": "majority-class accuracy"}),
-        "view_flip": ("task", np.array([int(t.flip) for t in tasks], dtype=np.int8),
-                      {"long_name": "1 if the task's views are mirrored at random, 0 if not (digits)"}),
-    }
+    coords = _coords(axes, tasks, noise_ratio, seed)
     if selection:
         _add_selection(data, coords, selection)
     if tuned_spectrum:
@@ -303,6 +338,21 @@ def transfer_dataset(scores: Sequence[Score], tasks: Sequence[Any], *, noise_rat
                                                       "(rows L2-normalised, then centred; docs/paper.md §5)"})
         coords["centering"] = ("centering", np.array(centerings, dtype=object))
     return xr.Dataset(data, coords, attrs or {})
+
+
+def _coords(axes: dict[str, list], tasks: Sequence[Any], noise_ratio: float, seed: int) -> dict[str, tuple]:
+    """The coordinates of a run's transfer Dataset: its noise ratio and seed, the axes, and each task's kind,
+    training domain, chance level and flips."""
+    return {
+        "noise_ratio": ("noise_ratio", [float(noise_ratio)], {"units": "fraction of pre-training labels flipped"}),
+        "seed": ("seed", np.array([seed], dtype=np.int64)),
+        **{name: (name, np.array(values, dtype=object)) for name, values in axes.items()},
+        "task_kind": ("task", np.array([t.kind for t in tasks], dtype=object), {"long_name": "id or ood"}),
+        "train_domain": ("task", np.array([t.train_domain for t in tasks], dtype=object)),
+        "chance": ("task", np.array([t.chance for t in tasks]), {"long_name": "majority-class accuracy"}),
+        "view_flip": ("task", np.array([int(t.flip) for t in tasks], dtype=np.int8),
+                      {"long_name": "1 if the task's views are mirrored at random, 0 if not (digits)"}),
+    }
 
 
 def _add_selection(data: dict, coords: dict, selection: dict[tuple[str, str, str, float], float]) -> None:

@@ -58,13 +58,17 @@ def head_spec(config, method: str, *, inputs: str | None = None, lr: float | Non
                 svd_top_k=config.svd_top_k, svd_driver=config.svd_driver)
     if method == "lp":
         return HeadSpec("lp", config.lp_lr if lr is None else lr, inputs or "eval", **base)
+    if method == "ft":  # full fine-tuning: the matched protocol's views, its own learning rate and epochs
+        if lr is None:
+            raise ValueError("ft has no reference learning rate: it is chosen on held-out data (matched protocol)")
+        return HeadSpec("ft", lr, "views", **{**base, "epochs": config.ft_epochs})
     weights = dict(w_mse=config.w_mse, w_cov=config.w_cov, w_svd=config.w_svd)
     if method == "mlp":
         weights = dict(w_mse=0.0, w_cov=0.0, w_svd=0.0)
     elif method in ABLATIONS:
         weights = {k: weights[k] * on for k, on in ABLATIONS[method].items()}
     elif method != "nmtune":
-        raise ValueError(f"unknown method {method!r}; accepted: lp, mlp, nmtune, {', '.join(ABLATIONS)}")
+        raise ValueError(f"unknown method {method!r}; accepted: lp, mlp, nmtune, ft, {', '.join(ABLATIONS)}")
     return HeadSpec("mlp" if method == "mlp" else "nmtune", config.mlp_lr if lr is None else lr, inputs or "views",
                     **base, **weights)
 
@@ -85,8 +89,9 @@ def sensitivity_specs(config) -> dict[str, HeadSpec]:
 
 
 def reference_specs(config, methods) -> dict[str, HeadSpec]:
-    """The reference protocol: LP on eval features at ``lp_lr``, MLP/NMTune on views at ``mlp_lr``."""
-    return {m: head_spec(config, m) for m in methods}
+    """The reference protocol: LP on eval features at ``lp_lr``, MLP/NMTune on views at ``mlp_lr``; full
+    fine-tuning (``ft``), which the reference code lacks, only under the matched protocol."""
+    return {m: head_spec(config, m) for m in methods if m != "ft"}
 
 
 def holdout_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -257,3 +257,18 @@ def task_suite(name: str = "default", *, img_size: int = 28, include: tuple[str,
     if name == "paper":
         return paper_suite(img_size=img_size, include=include, **kwargs)
     return default_suite(include=include or None, **kwargs)
+
+
+def suite_of(config) -> list[Task]:
+    """The task suite a run's ``config`` names (its suite, subset, data root, image size and task list)."""
+    return task_suite(config.task_suite, task_subset=config.task_subset, data_root=config.data_root or None,
+                      img_size=config.img_size, include=config.tasks)
+
+
+def tasks_frame(tasks: list[Task]):
+    """A table of the tasks: kind, training set and its size, test domains with their sizes, chance level."""
+    import pandas as pd  # pandas only for this table
+
+    return pd.DataFrame([{"task": t.name, "kind": t.kind, "train": t.train.name, "train size": len(t.train),
+                          "test domains": ", ".join(f"{d} ({len(s)})" for d, s in t.tests.items()),
+                          "chance": t.chance} for t in tasks])

@@ -149,7 +149,7 @@ def fit_head(views: torch.Tensor | np.ndarray | ViewSource, labels: torch.Tensor
     step_loss = (partial(_eval_step_loss, head, source) if mode == "eval" else
                  partial(_two_view_step_loss, head, source, view_gen, w_mse=w_mse, w_cov=w_cov, w_svd=w_svd,
                          svd_top_k=svd_top_k, svd_driver=svd_driver))
-    train = partial(_epoch, head, optimizer, step_loss, labels.to(device), order_gen, batch_size=batch_size,
+    train = partial(run_epoch, head, optimizer, step_loss, labels.to(device), order_gen, batch_size=batch_size,
                     total_steps=epochs * math.ceil(n / batch_size))
     history, seconds = train_epochs(head, train, desc=f"{method} head ({mode})", epochs=epochs, device=device,
                                     progress=progress, log=log, eval_features=eval_features, eval_labels=eval_labels)
@@ -192,7 +192,7 @@ def fit_heads(views, labels, heads: Sequence[Mapping[str, Any]], *, num_classes:
     step_loss = (partial(_eval_step_loss, stacked, source) if mode == "eval" else
                  partial(_two_view_step_loss, stacked, source, view_gen, svd_top_k=min(svd_k or {ref.SVD_TOP_K}),
                          svd_driver=svd_driver, **weights))
-    train = partial(_epoch, stacked, optimizer, step_loss, labels.to(device), order_gen, batch_size=batch_size,
+    train = partial(run_epoch, stacked, optimizer, step_loss, labels.to(device), order_gen, batch_size=batch_size,
                     total_steps=epochs * math.ceil(n / batch_size))
     history, seconds = train_epochs(stacked, train, desc=f"{len(heads)} heads ({mode})", epochs=epochs,
                                     device=device, progress=progress)
@@ -320,7 +320,7 @@ def train_epochs(head: nn.Module, train: Callable[[int], dict[str, Any]], *, des
     return history, time.perf_counter() - start
 
 
-def _epoch(head: nn.Module, optimizer: torch.optim.Optimizer, step_loss: StepLoss, labels: torch.Tensor,
+def run_epoch(head: nn.Module, optimizer: torch.optim.Optimizer, step_loss: StepLoss, labels: torch.Tensor,
            order_gen: torch.Generator, epoch: int, *, batch_size: int, total_steps: int) -> dict[str, Any]:
     """One pass over the N samples in an order drawn from ``order_gen``; returns the epoch's history row.
 
