@@ -41,7 +41,19 @@ time of the heads' arithmetic (the SVDs of the dominant-singular-value term, the
 step), which any batching keeps, bounds the speed-up from above (Amdahl, every other cost taken to zero):
 ``batched_speedup_ceiling`` = one-by-one seconds ÷ those kernels' seconds as they run, and
 ``batched_speedup_ceiling_at_peak`` the same with the products counted at the best rate a stacked ``bmm`` reaches on
-this core (what stacking every product into one batched product could give at most).
+this core (what stacking every product into one batched product could give at most). What is sampled: every call is
+replayed whole, but only one training step in ``PROFILE_EVERY`` (5) is recorded (a ``torch.profiler.schedule``
+stepped by an optimiser-step hook), each recorded step summed per op and its events dropped before the next; a
+call's kernel seconds and FLOPs are its recorded steps' scaled by its steps ÷ its recorded steps, and
+``kernel_share`` is the recorded steps' kernel seconds ÷ their wall time (``arithmetic`` in the JSON has the counts).
+Recording every event of every call instead held 16.3 GB of resident memory on the quick run.
+
+Memory. The JSON records the process's peak resident memory (``peak_rss_mib``, ``getrusage``'s ``ru_maxrss``), the
+running peak after each stage (``peak_rss_mib_after``: setup, cached_vs_online, heads_fitted, batched = after the
+profiled replay) and the largest child's (``peak_rss_children_mib``). The only children are ``ldconfig -p`` probes
+that imports start (``ctypes.util.find_library``, from cuda.pathfinder and trio); a child forked before its exec is
+charged the parent's resident pages it shares, so that figure is this process's size at the import (~720 MiB on
+the quick run), not memory of its own. ``--quick`` peaked at 1371 MiB (``/usr/bin/time -v``: 1,403,808 kB).
 
 ``--quick`` (a few minutes on 2 cores): 3 head epochs, K = 4 only, one seed, a 150-step warm-up. ``--json OUT``
 writes the result there (default ``bench/results/head_tuning.json``, ignored by git). A benchmark, not a test: it
@@ -53,14 +65,16 @@ import argparse
 import os
 import platform
 import re
+import resource
 import statistics
 import sys
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 from unittest import mock
 
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's "no GPU" error line on CPU-only machines
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # quiet: the "no GPU" error (4), each sampled step's start/stop (5)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -82,6 +96,7 @@ TARGET_RATIO, TARGET_ACC_POINTS = 20.0, 0.5
 BATCHED_BAR, BATCHED_GOAL, BATCHED_ACC_POINTS = 5.0, 10.0, 0.1  # issue 10: speed-up bar and goal, accuracy bound
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm")
 ARITHMETIC = ("aten::_linalg_svd", *MATMUL, "aten::_fused_adamw_")  # what any batching of the heads keeps
+PROFILE_EVERY = 5  # the replay profiles one optimiser step in this many (coprime with the 63 steps of an epoch)
 RESULTS = Path(__file__).resolve().parent / "results" / "head_tuning.json"
 VIEWS = ViewAugment(flip=False)  # the reference crop (scale 0.8-1.0); no flips: the bench's tasks are digits
 
@@ -135,13 +150,19 @@ def warm_up(backbone, image_set, *, steps: int, batch_size: int, seed: int, devi
     return time.perf_counter() - start
 
 
+def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
+    """The peak resident memory so far of this process (``RUSAGE_SELF``) or of its waited-for children
+    (``RUSAGE_CHILDREN``: the largest one's), in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    return resource.getrusage(who).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
 
 
-def arithmetic_ceiling(calls: list, one_by_one_seconds: float) -> dict:
+def arithmetic_ceiling(calls: list, one_by_one_seconds: float, every: int = PROFILE_EVERY) -> dict:
     """Replay the batched run's ``fit_heads`` calls under ``torch.profiler`` and bound the speed-up any batching
     can reach on this machine (Amdahl: every cost but the heads' arithmetic taken to zero).
 
@@ -149,19 +170,75 @@ def arithmetic_ceiling(calls: list, one_by_one_seconds: float) -> dict:
     it, per head or stacked. ``ceiling`` = one-by-one seconds ÷ those kernels' self time as they run here (one
     product per head); ``ceiling_at_peak`` counts the products instead at this core's best stacked-product rate
     (``peak_gflops``: the best of ``bmm`` on a few head-shaped stacks and one 1024³ product), the bound for a
-    batching that stacks every product into one ``bmm`` and leaves the SVD and the optimiser as they are."""
-    from torch.profiler import ProfilerActivity, profile
+    batching that stacks every product into one ``bmm`` and leaves the SVD and the optimiser as they are.
 
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
-        start = time.perf_counter()
-        for call in calls:
-            batched_tuning.fit_heads(*call.args, **call.kwargs)
-        seconds = time.perf_counter() - start
-    events = [e for e in prof.key_averages() if e.key in ARITHMETIC]
-    per_op = {e.key: e.self_cpu_time_total / 1e6 for e in events}
-    matmul = [e for e in events if e.key in MATMUL]
-    flops = sum(e.flops for e in matmul)
-    matmul_seconds = sum(per_op[e.key] for e in matmul)
+    Sampled, not traced whole: every call is replayed in full, but the profiler records one training step
+    (optimiser step to optimiser step) in ``every`` (a ``torch.profiler.schedule``: ``every - 2`` steps idle, one
+    warm-up, one recorded), and each recorded step is summed per op (``key_averages()``) and its events dropped
+    before the next, so the trace holds one step at a time. Keeping every event of every call held ~16 GB on the
+    quick run. A call's kernel seconds and FLOPs are its recorded steps' × (its steps ÷ its recorded steps);
+    ``kernel_share`` = the recorded steps' kernel seconds ÷ their wall time (profiled, as before, but without each
+    call's set-up and tail)."""
+    import inspect
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from torch.profiler import ProfilerAction, ProfilerActivity, profile, schedule
+
+    recording = (ProfilerAction.RECORD, ProfilerAction.RECORD_AND_SAVE)
+    per_op: dict[str, float] = dict.fromkeys(ARITHMETIC, 0.0)  # self seconds, extrapolated to every step
+    flops = sampled_kernel = sampled_seconds = 0.0
+    steps = sampled = 0
+    signature = inspect.signature(batched_tuning.fit_heads)
+    start = time.perf_counter()
+    for call in calls:
+        bound = signature.bind(*call.args, **call.kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        period = min(every, a["epochs"] * -(-len(a["labels"]) // a["batch_size"]))  # a short call: its last step
+        sample = schedule(wait=period - 2, warmup=1, active=1) if period > 1 else (
+            lambda step: ProfilerAction.RECORD_AND_SAVE)
+        state = {"ops": {}, "flops": 0.0, "steps": 0, "sampled": 0, "seconds": 0.0, "open": True}
+
+        def summarise(prof, state=state):  # on_trace_ready: one recorded step's events, summed, then dropped
+            if not state["open"]:
+                return  # the tail after the last optimiser step (unstacking, the HeadFits) is no step
+            for event in prof.key_averages():
+                if event.key in ARITHMETIC:
+                    state["ops"][event.key] = state["ops"].get(event.key, 0.0) + event.self_cpu_time_total / 1e6
+                    if event.key in MATMUL:
+                        state["flops"] += event.flops
+
+        with warnings.catch_warnings(), profile(activities=[ProfilerActivity.CPU], with_flops=True,
+                                                schedule=sample, on_trace_ready=summarise) as prof:
+            warnings.filterwarnings("ignore", "Warning: Profiler clears events")  # it does, on purpose
+
+            def step_hook(optimizer, args, kwargs, state=state, prof=prof):  # after each training step
+                now = time.perf_counter()
+                state["steps"] += 1
+                if prof.current_action in recording:
+                    state["sampled"] += 1
+                    state["seconds"] += now - state["last"]
+                prof.step()
+                state["last"] = time.perf_counter()  # the profiler's own switching left out of the steps' time
+
+            handle = register_optimizer_step_post_hook(step_hook)
+            try:
+                state["last"] = time.perf_counter()
+                batched_tuning.fit_heads(*call.args, **call.kwargs)
+            finally:
+                handle.remove()
+                state["open"] = False
+        scale = state["steps"] / state["sampled"]
+        for key, seconds in state["ops"].items():
+            per_op[key] += seconds * scale
+        flops += state["flops"] * scale
+        sampled_kernel += sum(state["ops"].values())
+        sampled_seconds += state["seconds"]
+        steps += state["steps"]
+        sampled += state["sampled"]
+    seconds = time.perf_counter() - start
+    per_op = {key: value for key, value in per_op.items() if value}
+    matmul_seconds = sum(per_op.get(key, 0.0) for key in MATMUL)
     views = calls[0].args[0]
     peak = peak_gflops(int(getattr(views, "num_features", None) or views.shape[-1]))
     kernel = sum(per_op.values())
@@ -169,7 +246,8 @@ def arithmetic_ceiling(calls: list, one_by_one_seconds: float) -> dict:
     return {"ceiling": one_by_one_seconds / kernel, "ceiling_at_peak": one_by_one_seconds / at_peak,
             "kernel_seconds": kernel, "kernel_seconds_at_peak": at_peak, "per_op_seconds": per_op,
             "matmul_gflop": flops / 1e9, "matmul_gflops": flops / 1e9 / matmul_seconds,
-            "peak_gflops": peak, "profiled_fit_seconds": seconds, "kernel_share": kernel / seconds}
+            "peak_gflops": peak, "profiled_fit_seconds": seconds, "kernel_share": sampled_kernel / sampled_seconds,
+            "profile_every": every, "steps": steps, "sampled_steps": sampled, "sampled_seconds": sampled_seconds}
 
 
 def peak_gflops(d: int, heads: int = 30, rows: int = 2 * BATCH_SIZE, repeats: int = 10) -> float:
@@ -217,6 +295,7 @@ def batched_vs_one_by_one(backbone, train, test, args, device) -> dict:
                      "batches": len(lines) if batched else sum(heads)}
         print(f"{mode:>10}: {sum(heads)} heads in {out[mode]['batches']} fit(s), {fit:.1f} s fitting "
               f"({seconds:.1f} s with feature extraction)")
+    rss_before_replay = peak_rss_mib()
     # The ceiling bounds CPU arithmetic; on an accelerator the profiler's CPU self time is launch time, not arithmetic.
     ceiling = arithmetic_ceiling(calls, out["one_by_one"]["fit_seconds"]) if device.type == "cpu" else None
 
@@ -231,7 +310,7 @@ def batched_vs_one_by_one(backbone, train, test, args, device) -> dict:
               "transfer_speedup": out["one_by_one"]["transfer_seconds"] / out["batched"]["transfer_seconds"],
               "identical": bool(np.array_equal(out["batched"]["ds"]["accuracy"].values,
                                                out["one_by_one"]["ds"]["accuracy"].values, equal_nan=True)),
-              "arithmetic": ceiling,
+              "arithmetic": ceiling, "peak_rss_mib_before_replay": rss_before_replay,
               "heads": out["batched"]["heads"], "batches": out["batched"]["batches"],
               "epochs": args.epochs, "task": task.name, "train": len(train),
               **{f"{m}_{k}": out[m][k] for m in out for k in ("fit_seconds", "transfer_seconds")},
@@ -279,6 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 device=device, batch_size=1024, progress=args.progress)
 
     eval_test, eval_seconds = timed(lambda: features(test))
+    rss = {"setup": peak_rss_mib()}  # the running peak after each stage: which one raised it
     print(f"{args.dataset}: {len(train)} train / {len(test)} test, {args.backbone} D={backbone.num_features}, "
           f"{args.epochs} epochs, batch {args.batch_size}, {args.threads} thread(s), device {device}, "
           f"seeds {seeds}")
@@ -323,7 +403,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  K={k:<3} ratio {ratio:5.1f}x (fit only {item['ratio_fit_only']:.1f}x), accuracy diff "
               f"{item['accuracy_diff_points']:+.2f} ± {spread:.2f} points, target met: {item['meets_target']}")
 
+    rss["cached_vs_online"] = peak_rss_mib()
     batched = None if args.skip_batched else batched_vs_one_by_one(backbone, train, test, args, device)
+    if batched is not None:
+        rss.update(heads_fitted=batched.pop("peak_rss_mib_before_replay"), batched=peak_rss_mib())
     online_rows = [r for r in runs if r["mode"] == "online"]
     steps = args.epochs * -(-len(train) // args.batch_size)
     result = {
@@ -346,9 +429,12 @@ def main(argv: list[str] | None = None) -> dict:
                                        "batched": batched}),
         "versions": {"python": platform.python_version(), "torch": torch.__version__}, "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
+        "peak_rss_mib": peak_rss_mib(), "peak_rss_children_mib": peak_rss_mib(resource.RUSAGE_CHILDREN),
+        "peak_rss_mib_after": rss,
     }
     atomic_write_json(args.out, result)
-    print(f"wrote {args.out}")
+    print(f"peak resident memory {result['peak_rss_mib']:.0f} MiB (after each stage: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()) + f"); wrote {args.out}")
     return result
 
 

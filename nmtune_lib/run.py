@@ -49,7 +49,7 @@ TASK_SCORES = "task_scores.csv"  # 05: every head's per-task scores, every ratio
 SUMMARY_TABLES = {"claims": "claims.csv", "decomposition": "decomposition.csv", "sensitivity": "sensitivity.csv",
                   "robustness": "robustness.csv", "agreement": "resample_agreement.csv",
                   "noise_effects": "noise_effects.csv", "task_effects": TASK_EFFECTS, "task_scores": TASK_SCORES,
-                  "runs": "runs.csv", "costs": "costs.csv"}
+                  "runs": "runs.csv", "costs": "costs.csv", "heads": "heads.csv", "pairs": "pairs.csv"}
 SUMMARY_FIGURES = {"decomposition": "claim4_decomposition.png", "sensitivity": "sensitivity.png",
                    "task_effects": "noise_effects_by_task.png", "accuracy": "accuracy_vs_noise.png",
                    "spectrum": "spectrum_vs_noise.png"}

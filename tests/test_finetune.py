@@ -42,20 +42,20 @@ def test_fine_tuning_changes_the_backbone_in_memory_not_on_disk_and_learns(backb
     path = tmp_path / "backbone.pt"
     atomic_torch_save(path, {"model": backbone.state_dict()})
     before, digest = {k: v.clone() for k, v in backbone.state_dict().items()}, file_sha256(path)
-    images, labels = _separable()
+    images, labels = _separable(n=192)
     augment = ViewAugment(flip=False)
     views = ImageViews(view_images(images, augment, views=2, seed=0))
-    fit = fit_finetune(backbone, views, labels, num_classes=2, epochs=4, batch_size=32, lr=1e-2,
+    fit = fit_finetune(backbone, views, labels, num_classes=2, epochs=6, batch_size=16, lr=1e-2,
                        backbone_lr_scale=0.1, weight_decay=1e-4, seed=0)
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())  # the run's backbone: untouched
     assert file_sha256(path) == digest
     tuned = fit.head.backbone.state_dict()
     assert any(not torch.equal(tuned[k], v) for k, v in before.items() if v.is_floating_point())  # its copy: trained
-    test_images, test_labels = _separable(seed=1)
+    test_images, test_labels = _separable(n=200, seed=1)
     assert fit.accuracy(to_float(test_images), test_labels) >= 0.9
     assert trained_parameters(fit.head) == trained_parameters(backbone) + backbone.num_features * 2 + 2
-    assert fit.method == "ft" and fit.mode == "finetune" and len(fit.history) == 4
-    again = fit_finetune(backbone, views, labels, num_classes=2, epochs=4, batch_size=32, lr=1e-2,
+    assert fit.method == "ft" and fit.mode == "finetune" and len(fit.history) == 6
+    again = fit_finetune(backbone, views, labels, num_classes=2, epochs=6, batch_size=16, lr=1e-2,
                          backbone_lr_scale=0.1, weight_decay=1e-4, seed=0)
     assert all(torch.equal(a, b) for a, b in zip(fit.head.state_dict().values(), again.head.state_dict().values()))
     assert [r["total"] for r in fit.history] == [r["total"] for r in again.history]  # bit for bit on a rerun

@@ -15,6 +15,7 @@ import xarray as xr
 from conftest import NMTUNE, ROOT, SMOKE_RUNS, nmtune_sweep
 from nmtune_lib.cores import usable_cores
 from nmtune_lib.study.slurm import SlurmResources
+from nmtune_lib.transfer.downstream import MEASURED
 
 
 def _cluster_up() -> bool:
@@ -45,7 +46,7 @@ def test_smoke_sweep_on_slurm_equals_the_local_sweep(smoke_sweep, tmp_path):
         assert (ours / "backbone.pt").read_bytes() == (local / "backbone.pt").read_bytes()
         for name in ("transfer.nc", "spectrum.nc"):
             a, b = xr.load_dataset(ours / name), xr.load_dataset(local / name)
-            drop = [v for v in ("fit_seconds",) if v in a]
+            drop = [v for v in MEASURED if v in a]
             xr.testing.assert_equal(a.drop_vars(drop), b.drop_vars(drop))  # attributes (paths, times) aside
     again = nmtune_sweep(tmp_path, *args, timeout=300)
     assert again.returncode == 0 and "nothing submitted" in again.stdout  # finished runs are not resubmitted

@@ -21,6 +21,7 @@ from . import plotting
 from .aggregate import (DECOMPOSED, ablation_table, cost_frame, decomposition, effect_text, load_results,
                         means_table, noise_effects, run_table, score_levels, sensitivity, tuned_spectrum_table)
 from .claims import Claim, claims_document, claims_table, judge_all, resample_agreement, robustness_table
+from .heads import heads_table, pairs_table
 
 
 @dataclass
@@ -96,7 +97,7 @@ VIEWS = {
     "means": lambda s: pd.concat({p: means_table(s.transfer.sel(setting="base", protocol=p).sel({"method": s.heads}))
                                   for p in s.transfer["protocol"].values}, names=["protocol"]),
     "ablation": lambda s: (lambda t: t.round(2) if t is not None else
-                           f"no ablation table: no head but the linear probe was trained on "
+                           f"no ablation table: no head but the linear probe was trained on ablation_task "
                            f"{s.study.config.ablation_task!r}")(
         ablation_table(s.transfer, task=s.study.config.ablation_task, mean_over=("seed", "noise_ratio"))),
     "tuned_spectrum": lambda s: tuned_spectrum_table(s.transfer),
@@ -116,7 +117,7 @@ def summary_tables(transfer: xr.Dataset, spectrum: xr.Dataset, claims: list[Clai
             "task_effects": noise_effects(transfer, probe=probe, by="task"),
             "task_scores": score_levels(transfer, methods=heads).round(4),  # every head; 1e-4 points is plenty
             "runs": run_table(transfer, spectrum, centering=centering).round(6),
-            "costs": cost_frame(transfer)}
+            "costs": cost_frame(transfer), "heads": heads_table(transfer), "pairs": pairs_table(transfer)}
 
 
 def summary_figures(summary: Summary, *, probe: str, centering: str) -> dict[str, plt.Figure]:

@@ -4,7 +4,8 @@
 Making one: a sweep of its preset, grid and settings in a run root of its own (resumable: a rerun skips what is
 done), its tables copied to its report folder, its HTML pages rendered (``html``), its memorisation table written
 (``memorisation``), then the findings regenerated (``findings.write_findings``). A ``learning-curve`` entry runs
-``nmtune learning-curve`` instead; a ``record`` is a set made elsewhere and kept as committed, which nothing re-makes.
+``nmtune learning-curve`` instead, a ``mechanism`` entry the mechanism analysis over the ``runs.csv`` of the
+experiments it ``reads``; a ``record`` is a set made elsewhere and kept as committed, which nothing re-makes.
 Every entry is checked when the file is read, before anything runs: an unknown field, kind, preset or config
 setting is named with the accepted ones.
 """
@@ -20,13 +21,14 @@ from ..analysis.tables import seconds_text
 from ..config import PRESETS, PROJECT_ROOT, StudyConfig
 
 EXPERIMENTS_FILE = PROJECT_ROOT / "experiments.yaml"
-KINDS = ("sweep", "learning-curve", "record")
-SUMMARY_TABLES = ("config.yaml", "timing.csv", "claims.csv", "decomposition.csv", "noise_effects.csv",
-                  "noise_effects_by_task.csv", "task_scores.csv", "sensitivity.csv", "robustness.csv",
-                  "resample_agreement.csv", "runs.csv")  # what notebook 05 and the sweep write to the study folder
+KINDS = ("sweep", "learning-curve", "mechanism", "record")
+SUMMARY_TABLES = ("config.yaml", "provenance.json", "timing.csv", "claims.csv", "decomposition.csv",
+                  "noise_effects.csv", "noise_effects_by_task.csv", "task_scores.csv", "sensitivity.csv",
+                  "robustness.csv", "resample_agreement.csv", "runs.csv", "costs.csv", "heads.csv",
+                  "pairs.csv")  # what notebook 05 and the sweep write to the study folder
 MAIN_SETS = ("default", "converged", "asymmetric", "instance", "fine", "clip")  # the report sets of the verdict matrix
 FIELDS = ("question", "description", "kind", "preset", "noise_ratios", "seeds", "settings", "jobs", "run_root",
-          "report", "tables", "html", "memorisation", "epochs")
+          "report", "tables", "html", "memorisation", "epochs", "reads")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Experiment:
     html: bool = False
     memorisation: bool = False
     epochs: tuple[int, ...] = ()
+    reads: tuple[str, ...] = ()  # mechanism: the experiments whose runs.csv it reads
 
     @property
     def root(self) -> str:
@@ -89,7 +92,7 @@ def _check(name: str, entry: dict[str, Any]) -> Experiment:
         raise ValueError(f"experiments.yaml, {name}: kind {entry['kind']!r}; accepted: {', '.join(KINDS)}")
     if entry.get("preset", "default") not in PRESETS:
         raise ValueError(f"experiments.yaml, {name}: preset {entry['preset']!r}; accepted: {', '.join(PRESETS)}")
-    tuples = {k: tuple(entry[k]) for k in ("noise_ratios", "seeds", "tables", "epochs") if k in entry}
+    tuples = {k: tuple(entry[k]) for k in ("noise_ratios", "seeds", "tables", "epochs", "reads") if k in entry}
     experiment = Experiment(name=name, **{**entry, **tuples})
     try:
         experiment.config()
@@ -110,5 +113,5 @@ def experiment_table(experiments: dict[str, Experiment]) -> str:
     for e in experiments.values():
         seconds = e.measured_seconds()
         rows.append(f"| {e.name} | {e.kind} | {e.grid() if e.kind == 'sweep' else '—'} | {e.report} | "
-                    f"{seconds_text(seconds) if seconds else '—'} |")
+                    f"{seconds_text(seconds) if seconds and e.kind == 'sweep' else '—'} |")
     return "\n".join(rows)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
+from ..analysis.mechanism import mechanism_table
 from ..analysis.memorisation import write_memorisation
 from ..config import PROJECT_ROOT
 from ..files import atomic_write_text
 from ..pretraining.learning_curve import learning_curve
 from ..run import Study
-from .experiments import Experiment
+from .experiments import Experiment, load_experiments
 from .report import relocate, report
 from .sweep import sweep
 
@@ -30,6 +33,11 @@ def make_experiment(experiment: Experiment, *, jobs: int | None = None) -> Path:
     folder = PROJECT_ROOT / experiment.report
     folder.mkdir(parents=True, exist_ok=True)
     config = experiment.config().replace(run_root=str(absolute(experiment.root)))
+    if experiment.kind == "mechanism":
+        others = load_experiments()
+        sets = {name: pd.read_csv(PROJECT_ROOT / others[name].report / "runs.csv") for name in experiment.reads}
+        atomic_write_text(folder / "mechanism.csv", mechanism_table(sets).to_csv(index=False))
+        return folder
     if experiment.kind == "learning-curve":
         learning_curve(config, list(experiment.epochs), list(config.noise_ratios), config.seeds[0], folder,
                        jobs=jobs or experiment.jobs)

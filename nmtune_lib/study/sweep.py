@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable
 
-from ..config import StudyConfig
+from ..config import TASK_SUITES, StudyConfig
 from ..cores import usable_cores
 from ..data.datasets import pretraining_data
 from ..files import atomic_write_json, atomic_write_text
@@ -102,6 +102,10 @@ def preflight(config: StudyConfig, extra: dict[str, Any]) -> None:
     whose feature width admits ``svd_top_k``, and the pre-training data is readable where the config says (a damaged
     or missing dataset file is named), and so are the user's pretrained weights and the task suite's data."""
     device = extra.get("device", config.device)
+    suite = TASK_SUITES[config.task_suite]
+    if config.ablation and config.ablation_task not in suite:
+        raise ValueError(f"config ablation_task={config.ablation_task!r}: expected a task of task_suite "
+                         f"{config.task_suite!r} ({', '.join(suite)}), or ablation=false")
     check_model(config.model)
     width = feature_width(config.model, small_stem=config.small_stem)
     bound = min(width, 2 * config.head_batch_size)

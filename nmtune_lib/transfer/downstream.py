@@ -43,6 +43,7 @@ from .tuning import HEAD_KEYS, fit_head, fit_heads
 from .views import CachedViews, OnlineViews
 
 BASE = "base"
+MEASURED = ("fit_seconds", "peak_memory_mb")  # what a head cost, measured: differs between runs of equal numbers
 
 
 @dataclass(frozen=True)
