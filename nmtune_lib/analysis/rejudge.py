@@ -116,11 +116,37 @@ def claims_from_tables(folder: str | Path) -> list[Claim]:
                                                  claim_order(c.id)))
 
 
+OLD_WORDING = re.compile(r"\(share of 1,000 resamples giving the same verdict; [^)]*\)")  # the old pages' aside
+NEW_WORDING = ("(share of 1,000 resamples giving the same verdict: agreement over seed resamples,\nnot a rerun: "
+               "another machine changes every seed's number)")
+BANNER = ('<p class="rejudged" style="margin:1em 2em;padding:.5em;background:#fef7e0">This page was rendered when the '
+          'set was made, before the claims carried p-values. The set\'s verdicts now are those of its <a '
+          'href="index.html">index</a> and <code>claims.csv</code>: re-judged from its tables, adjusted for '
+          'multiplicity (<code>nmtune rejudge</code>, docs/paper.md §1a).</p>')
+
+
+def annotate_summary_page(folder: str | Path) -> bool:
+    """The set's rendered summary page (``05_summary.html``), made before the claims were re-judged, says so above
+    its tables, and its seed bootstrap is called what it is; True if the page changed (idempotent)."""
+    page = Path(folder) / "05_summary.html"
+    if not page.exists():
+        return False
+    text = page.read_text()
+    new = OLD_WORDING.sub(NEW_WORDING, text)
+    if 'class="rejudged"' not in new:
+        new = re.sub(r'(<p class="nav"[^>]*>.*?</p>)', lambda m: m.group(1) + BANNER, new, count=1, flags=re.S)
+    if new != text:
+        atomic_write_text(page, new)
+    return new != text
+
+
 def rejudge(folder: str | Path) -> list[Claim] | None:
     """Re-judge an old-form report set in place: ``claims.csv`` and ``robustness.csv`` rewritten in the new form,
-    ``stability.csv`` → ``resample_agreement.csv``. None (nothing written) when the set is already in the new form."""
+    ``stability.csv`` → ``resample_agreement.csv``, its rendered summary page annotated (``annotate_summary_page``).
+    None (no table written) when the set is already in the new form."""
     folder = Path(folder)
     if is_new_form(folder):
+        annotate_summary_page(folder)
         return None
     claims = claims_from_tables(folder)
     base = [c for c in claims if c.setting == BASE]
@@ -141,4 +167,5 @@ def rejudge(folder: str | Path) -> list[Claim] | None:
             agreement["protocol"], agreement["setting"], agreement["claim"])]], pd.DataFrame(rows)])
         atomic_write_text(folder / AGREEMENT, table.to_csv(index=False))
         stability.unlink()
+    annotate_summary_page(folder)
     return claims
