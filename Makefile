@@ -11,9 +11,10 @@ JOBS   ?= 2
 
 .PHONY: study test setup data sweep report bench clean lock slurm slurm-stop experiment
 
+# The report set of a preset (experiments.yaml: default, converged, asymmetric, instance, fine, clip): its sweep in
+# runs/, its tables, memorisation and HTML pages in reports/$(PRESET)/, then the findings (reports/README.md).
 study: setup data
-	$(VENV)/bin/nmtune sweep --preset $(PRESET) --jobs $(JOBS)
-	$(VENV)/bin/nmtune report --preset $(PRESET)
+	$(VENV)/bin/nmtune experiment $(PRESET) --jobs $(JOBS)
 
 # Two pytest workers (pytest-xdist), whole test files to each: most of the suite's time is single-threaded
 # (notebook kernels starting and importing torch): on 2 cores two at a time took 10 min 16 s, one at a time 17-20 min.

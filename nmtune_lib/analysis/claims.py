@@ -202,6 +202,7 @@ def _spectrum_claims(g: _Grid, spec: xr.Dataset, where: str, suffix: str = "", s
     seed) of the features of ``where``; ``suffix`` marks the data (``-ID``, ``-OOD``)."""
     out = []
     for cid, text, metric, sign, unit in SPECTRUM_CLAIMS:
+        text = f"On the {suffix[1:]} tasks' features, {text[0].lower()}{text[1:]}" if suffix else text
         text = f"{text} ({where}; mean over noisy ratios − clean)"
         out.append(make_claim(cid + suffix, text, "paper", (_at(spec[metric], g.noisy) -
                                                            spec[metric].sel(noise_ratio=g.zero)).values, sign, unit)

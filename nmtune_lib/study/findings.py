@@ -97,6 +97,25 @@ class Tables:
                 return f"{float(row[mean]):+.{digits}f} ± {float(row[half]):.{digits}f}".replace("-", "−")
         raise ValueError(f"findings: {name} has no mean and half-width columns")
 
+    def rows(self, name: str, **where: Any) -> list[dict[str, Any]]:
+        """Every row of a table matching ``where`` (column → value, compared as text), as dicts: for answers that
+        count or list rows."""
+        frame = self.frame(name)
+        for column, value in where.items():
+            frame = frame[frame[column].astype(str) == str(value)]
+        return frame.to_dict("records")
+
+    def seed_difference(self, a: str, b: str) -> float:
+        """The largest absolute difference between two sets' per-seed scores (their ``task_scores.csv``, rows
+        matched on protocol, method, task and noise ratio): 0 when one reproduces the other bit for bit."""
+        keys = ["protocol", "method", "mean_of", "task", "noise_ratio"]
+        x, y = self.frame(f"{a}/task_scores.csv"), self.frame(f"{b}/task_scores.csv")
+        seeds = [c for c in x.columns if c.startswith("seed") and c in y.columns]
+        both = x.merge(y, on=[k for k in keys if k in x and k in y], suffixes=("", "_b"))
+        if both.empty or not seeds:
+            raise ValueError(f"findings: {a} and {b} share no per-seed scores")
+        return float(max((both[s] - both[f"{s}_b"]).abs().max() for s in seeds))
+
     def num(self, name: str, column: str, fmt: str = "{:.2f}", **where: Any) -> str:
         return fmt.format(float(self.row(name, **where)[column])).replace("-", "−")
 
@@ -113,13 +132,17 @@ class Tables:
 
 # --- tables ---------------------------------------------------------------------------------------------------------
 
-def matrix(tables: Tables, sets: Sequence[str], protocol: str, *, labels: Sequence[str] | None = None) -> str:
-    """Claim × set under ``protocol``: each cell the effect ± 95 % half-width and the adjusted verdict."""
+def matrix(tables: Tables, sets: Sequence[str], protocol: str, *, labels: Sequence[str] | None = None,
+           ids: Sequence[str] | None = None) -> str:
+    """Claim × set under ``protocol``: each cell the effect ± 95 % half-width and the adjusted verdict (the claims
+    ``ids`` only, if given)."""
     folders = [tables.path(s) for s in sets]
     for folder in folders:
         tables.note(folder / "claims.csv")
     table = compare_claims(folders, [protocol], labels or list(sets))
     table.columns = [c.rsplit(", ", 1)[0] for c in table.columns]
+    if ids is not None:
+        table = table[[name.split(".")[0] in ids for name in table.index]]
     return to_markdown(table)
 
 
@@ -157,7 +180,8 @@ def set_table(tables: Tables, spec: dict[str, Any]) -> str:
 
 
 TABLE_KINDS: dict[str, Callable[[Tables, dict[str, Any]], str]] = {
-    "matrix": lambda t, s: matrix(t, s["sets"], s.get("protocol", "reference"), labels=s.get("labels")),
+    "matrix": lambda t, s: matrix(t, s["sets"], s.get("protocol", "reference"), labels=s.get("labels"),
+                                  ids=s.get("ids")),
     "csv": csv_table,
     **{kind: set_table for kind in ("timing", "effects", "scores", "contrast")},
 }
@@ -176,7 +200,8 @@ def render_answer(template: str, tables: Tables) -> str:
     import jinja2
 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
-    helpers = {name: getattr(tables, name) for name in ("verdict", "effect", "iv", "num", "count", "claim")}
+    helpers = {name: getattr(tables, name)
+               for name in ("verdict", "effect", "iv", "num", "count", "claim", "rows", "seed_difference")}
     return " ".join(env.from_string(template).render(**helpers, pct=ratio_percent).split())
 
 
@@ -247,15 +272,17 @@ def findings_document(root: Path = PROJECT_ROOT) -> tuple[str, dict[str, str], T
 
 
 def headline(tables: Tables) -> str:
-    """The default set's claims (paper form), both protocols, and how many of its reruns give the same verdict."""
-    reruns = [name for name in ("default_earlier", "study_bilinear") if name in tables.experiments]
+    """The default set's claims (paper form), both protocols, and whether its make on another machine
+    (``default_earlier``) gives the same adjusted verdicts under both."""
+    reruns = [name for name in ("default_earlier",) if name in tables.experiments]
     table = pd.concat([_protocol_column(tables, p) for p in PROTOCOLS], axis=1)
     agree = []
     for cid in table.index.get_level_values("id"):
         mine = [tables.verdict("default", cid, p) for p in PROTOCOLS]
         same = sum(all(_verdict_or_none(tables, r, cid, p) == v for p, v in zip(PROTOCOLS, mine)) for r in reruns)
-        agree.append(f"{same} of {len(reruns)}")
-    table["same verdicts in the reruns"] = agree
+        agree.append("(not judged there)" if _verdict_or_none(tables, reruns[0], cid, PROTOCOLS[0]) is None
+                     else "yes" if same == len(reruns) else "no")
+    table["same on another machine"] = agree
     table.index = table.index.get_level_values("claim")
     return to_markdown(table) + "\n"
 
@@ -276,12 +303,15 @@ def _verdict_or_none(tables: Tables, experiment: str, cid: str, protocol: str) -
 
 
 def time_block(tables: Tables) -> str:
-    study = float(tables.row("default/timing.csv", stage="total")["seconds"])
+    """The measured time of the two commands on the project's kind of machine (``bench/cpu_results``): the quietest
+    fresh-clone ``make study`` and the latest fresh-clone ``make test``."""
+    study = tables.frame("bench/cpu_results/make_study.csv")
+    quiet = study.loc[study["sweep_seconds"].astype(float).idxmin()]
     test = tables.frame("bench/cpu_results/make_test.csv").iloc[-1]
-    return (f"`make study` took {seconds_text(study)} ({study / 3600:.1f} h) of wall clock for the committed default "
-            f"set and `make test` {seconds_text(float(test['seconds']))} from a fresh clone, both on a "
-            f"{test['machine']} ([timing table](reports/default/timing.csv), "
-            "[test timings](bench/cpu_results/make_test.csv)).\n")
+    return (f"Measured from a fresh clone on a {quiet['machine']}: `make study` "
+            f"{seconds_text(float(quiet['sweep_seconds']))} ({float(quiet['sweep_seconds']) / 3600:.1f} h) for the "
+            f"default set's sweep with the machine to itself, `make test` {seconds_text(float(test['seconds']))} "
+            "([make study](bench/cpu_results/make_study.csv), [make test](bench/cpu_results/make_test.csv)).\n")
 
 
 def apply_blocks(readme: str, blocks: dict[str, str]) -> str:
