@@ -103,3 +103,19 @@ def test_the_mechanism_analysis_recovers_a_planted_association_and_finds_none_wh
     runs["reference_lp_id"] = 80 - 50 * runs["noise_ratio"] + np.random.default_rng(1).normal(0, 0.5, len(runs))
     confounded = mechanism_table({"c": runs}).iloc[0]
     assert confounded["ci_low"] < 0 < confounded["ci_high"]
+
+
+def test_the_between_ratio_slope_is_the_slope_a_full_mechanism_predicts():
+    # made-up runs in which the metric moves 0.5 per unit of noise ratio and the accuracy −20: the ratio means lie on
+    # a line of −40 points per unit of the metric, whatever the seeds do within a ratio
+    runs = planted_runs(0.0, noise=0.01)
+    means = runs.groupby("noise_ratio")["sve_pretrain"].mean()
+    runs["reference_lp_id"] = 80 - 40 * (runs["noise_ratio"].map(means) - 4.0)
+    row = mechanism_table({"m": runs}).iloc[0]
+    assert row["between_slope"] == pytest.approx(-40 * row["within_sd"], rel=1e-6)
+    # and where the seeds follow that line too (the spectrum carries the whole effect), the within-ratio interval
+    # holds it
+    runs["reference_lp_id"] = 80 - 40 * (runs["sve_pretrain"] - 4.0)
+    row = mechanism_table({"m": runs}).iloc[0]
+    assert row["ci_low"] <= row["between_slope"] <= row["ci_high"]
+    assert row["coefficient"] == pytest.approx(row["between_slope"], rel=1e-6)

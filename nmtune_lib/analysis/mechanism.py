@@ -10,6 +10,11 @@ coefficient reads "points of accuracy per within-ratio SD of the metric", compar
 95 % interval and two-sided p-value are the regression's (t with n − k degrees of freedom), and ``p_adjusted`` is
 Holm's over the set's rows (``verdicts.holm``). A coefficient whose interval spans 0 says the spectrum carries no
 detectable information about transfer beyond the noise ratio in that set.
+
+``between_slope`` is what the mechanism predicts for that coefficient: the slope of the ratio means of the accuracy
+on the ratio means of the metric (a least-squares line through one point per noise ratio), in the same units. If the
+spectrum carried the whole effect of noise on transfer, seeds of one ratio would follow that slope too; an interval
+that excludes it rules the full mechanism out, one that holds both it and 0 cannot tell the two apart.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ METRICS = {"sve_pretrain": "SVE, pre-training test split", "p1_pretrain": "p₁,
            "sve_ood": "SVE, OOD tasks' features", "p1_ood": "p₁, OOD tasks' features"}
 OUTCOMES = {"ID": "reference_lp_id", "OOD": "reference_lp_ood"}  # runs.csv columns: the reference linear probe
 COLUMNS = ["set", "metric", "data", "outcome", "coefficient", "ci_low", "ci_high", "p_value", "p_adjusted",
-           "n_runs", "df_resid", "within_sd"]
+           "n_runs", "df_resid", "within_sd", "between_slope"]
 
 
 def within_ratio(values: pd.Series, ratios: pd.Series) -> pd.Series:
@@ -42,15 +47,18 @@ def association(runs: pd.DataFrame, metric: str, outcome: str) -> dict[str, floa
     data = runs[["noise_ratio", metric, outcome]].dropna()
     sd = float(within_ratio(data[metric], data["noise_ratio"]).std(ddof=1)) if len(data) > 1 else math.nan
     nan = dict(coefficient=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, n_runs=len(data),
-               df_resid=math.nan, within_sd=sd)
+               df_resid=math.nan, within_sd=sd, between_slope=math.nan)
     if not (math.isfinite(sd) and sd > 0) or len(data) <= data["noise_ratio"].nunique() + 1:
         return nan  # no variation within ratios, or no degree of freedom left
     frame = pd.DataFrame({"y": data[outcome].astype(float), "x": data[metric].astype(float) / sd,
                           "ratio": data["noise_ratio"].astype(str)})
     fit = smf.ols("y ~ x + C(ratio)", data=frame).fit()
     low, high = fit.conf_int(alpha=0.05).loc["x"]
+    means = frame.groupby("ratio")[["x", "y"]].mean()
+    between = float(np.polyfit(means["x"], means["y"], 1)[0]) if means["x"].nunique() > 1 else math.nan
     return dict(coefficient=float(fit.params["x"]), ci_low=float(low), ci_high=float(high),
-                p_value=float(fit.pvalues["x"]), n_runs=int(fit.nobs), df_resid=float(fit.df_resid), within_sd=sd)
+                p_value=float(fit.pvalues["x"]), n_runs=int(fit.nobs), df_resid=float(fit.df_resid), within_sd=sd,
+                between_slope=between)
 
 
 def mechanism_table(sets: Mapping[str, pd.DataFrame], *, metrics: Sequence[str] = tuple(METRICS),

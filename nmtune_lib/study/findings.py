@@ -30,6 +30,7 @@ from ..config import PROJECT_ROOT, ratio_percent
 from ..files import atomic_write_text
 from .contracts import CONTRACTS, contracts_document
 from .experiments import EXPERIMENTS_FILE, MAIN_SETS, Experiment, load_experiments
+from .report_index import write_indexes
 
 FINDINGS = PROJECT_ROOT / "reports" / "README.md"
 README = PROJECT_ROOT / "README.md"
@@ -324,12 +325,14 @@ def apply_blocks(readme: str, blocks: dict[str, str]) -> str:
 
 
 def write_findings(root: Path = PROJECT_ROOT) -> Path:
-    """Write ``reports/README.md`` and the README's blocks."""
+    """Write ``reports/README.md``, the README's blocks and the reports' indexes (so that every committed table is
+    linked from ``reports/index.html``)."""
     document, blocks, _ = findings_document(root)
     readme = root / README.name
     atomic_write_text(root / FINDINGS.relative_to(PROJECT_ROOT), document)
     atomic_write_text(readme, apply_blocks(readme.read_text(), blocks))
     atomic_write_text(root / CONTRACTS.relative_to(PROJECT_ROOT), contracts_document())
+    write_indexes(root / "reports")
     return root / FINDINGS.relative_to(PROJECT_ROOT)
 
 
