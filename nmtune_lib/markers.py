@@ -8,7 +8,10 @@ again. Markers are written last and atomically.
 
 Parameters handed to the notebooks as JSON text (``JSON_TEXT``: the sweep's ``--set`` overrides) are keyed by what
 they say, not how they are spelled: ``--set a=1 --set b=2`` and ``--set b=2 --set a=1`` are one step. Markers written
-before keyed the text itself; they compare by content too, so they stay valid.
+before keyed the text itself; they compare by content too, so they stay valid. Where a key also holds the
+configuration fields its step reads (``config``: every sweep's key), the overrides are left out of it: they are
+``StudyConfig`` fields, and the fields the step reads are keyed already, resolved. A ``--set`` that a step does not
+read (``methods``, for pre-training) leaves it done.
 """
 from __future__ import annotations
 
@@ -27,6 +30,14 @@ def digests(files: Mapping[str, Path]) -> dict[str, str | None]:
     return {name: file_sha256(path) if path.is_file() else None for name, path in files.items()}
 
 
+def _keyed(key: Mapping[str, Any]) -> dict[str, Any]:
+    """``key`` with its ``JSON_TEXT`` parameters read, and left out where the key holds ``config`` (see above)."""
+    parameters = _parsed(key["parameters"])
+    if "config" in key:
+        parameters = {k: v for k, v in parameters.items() if k not in JSON_TEXT}
+    return {**key, "parameters": parameters}
+
+
 def _parsed(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """``parameters`` with each ``JSON_TEXT`` value that is text read as JSON (a marker's, old or new, or a step's)."""
     return {k: json.loads(v) if k in JSON_TEXT and isinstance(v, str) else v for k, v in parameters.items()}
@@ -35,14 +46,14 @@ def _parsed(parameters: Mapping[str, Any]) -> dict[str, Any]:
 def step_key(parameters: Mapping[str, Any], inputs: Mapping[str, Path], **more: Any) -> dict[str, Any]:
     """What a finished step must agree on: its parameters (less ``UNKEYED``, ``JSON_TEXT`` read), its inputs'
     content, and ``more`` (the sweep adds the configuration fields it reads and its code: ``study.keys``)."""
-    return {"parameters": _parsed({k: v for k, v in parameters.items() if k not in UNKEYED}),
-            "inputs": digests(inputs), **more}
+    return _keyed({"parameters": {k: v for k, v in parameters.items() if k not in UNKEYED},
+                   "inputs": digests(inputs), **more})
 
 
 def stored_key(done: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A marker's key with its parameters read as ``step_key`` reads them (None for no marker or no key)."""
     try:
-        return {**done["key"], "parameters": _parsed(done["key"]["parameters"])}
+        return _keyed(done["key"])
     except (TypeError, KeyError, json.JSONDecodeError):
         return None
 

@@ -119,3 +119,30 @@ def test_the_between_ratio_slope_is_the_slope_a_full_mechanism_predicts():
     row = mechanism_table({"m": runs}).iloc[0]
     assert row["ci_low"] <= row["between_slope"] <= row["ci_high"]
     assert row["coefficient"] == pytest.approx(row["between_slope"], rel=1e-6)
+
+
+def test_the_sweep_fine_tunes_under_the_matched_protocol_alone_and_records_the_cost(smoke_sweep, tmp_path):
+    # the fine-tuning experiment's settings on the smoke preset: no reference protocol, no ablation, no robustness
+    import shutil
+
+    import pandas as pd
+    import xarray as xr
+    from conftest import nmtune_sweep
+
+    root = tmp_path / "runs"
+    shutil.copytree(smoke_sweep, root)
+    result = nmtune_sweep(root, "--set", 'methods=["lp","mlp","nmtune","ft"]', "--set", 'protocols=["matched"]',
+                          "--set", "ablation=false", "--set", "robustness=[]", timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "02_pretrain ×2" in result.stdout  # the backbones are reused, not re-trained
+    transfer = xr.load_dataset(root / "smoke/fashion_mnist/symmetric-0.20/seed0/transfer.nc", engine="h5netcdf")
+    assert list(transfer["protocol"].values) == ["matched"]
+    ft = transfer.sel(method="ft", protocol="matched", setting="base")
+    assert bool(ft["accuracy"].notnull().any("test_domain").all())
+    for cost in ("fit_seconds", "peak_memory_mb", "trained_params"):
+        assert bool((ft[cost] > 0).all()), cost
+    nmtune = transfer.sel(method="nmtune", protocol="matched", setting="base")
+    assert bool((ft["trained_params"] > nmtune["trained_params"]).all())  # the backbone's weights are trained too
+    heads = pd.read_csv(root / "smoke/heads.csv")
+    assert set(heads["method"]) == {"lp", "mlp", "nmtune", "ft"} and set(heads["protocol"]) == {"matched"}
+    assert {"ft-nmtune", "ft-lp"} <= set(pd.read_csv(root / "smoke/pairs.csv")["pair"])

@@ -202,8 +202,9 @@ def sensitivity(transfer: xr.Dataset, *, task: str, config) -> "pd.DataFrame":
     single-λ variant, per noise ratio: on the task's training domain (``train_domain``) and its OOD mean (the
     other test domains); ``noise_ratio == "slope/10%"`` rows give the per-seed slope of that difference against
     the noise ratio (points per 10% noise): a positive slope means the regularisers help more as noise grows.
-    Empty when the runs have no sensitivity heads (ablation off, or ``task`` not among their tasks)."""
-    if task not in transfer["task"].values:
+    Empty when the runs have no sensitivity heads (ablation off, ``task`` not among their tasks, or no reference
+    protocol)."""
+    if task not in transfer["task"].values or "reference" not in transfer["protocol"].values:
         return pd.DataFrame([])
     acc = transfer["accuracy"].sel(setting="base", protocol="reference", task=task)
     train = str(transfer["train_domain"].sel(task=task).values)
@@ -237,14 +238,24 @@ def ablation_table(transfer: xr.Dataset, *, task: str, mean_over: Sequence[str] 
     """Accuracy (%) of every head but the linear probe on the ablation ``task`` (base setting, reference protocol):
     a row per head, a column per test domain, averaged over ``mean_over`` (e.g. ``("seed", "noise_ratio")``; the
     dimensions left must be method and test domain). None when the runs trained no such head on ``task`` (the task
-    is not among their tasks, or ``methods`` is the linear probe alone)."""
-    if task not in transfer["task"].values:
+    is not among their tasks, ``methods`` is the linear probe alone, or the runs left out the reference protocol)."""
+    if task not in transfer["task"].values or "reference" not in transfer["protocol"].values:
         return None
     acc = transfer["accuracy"].sel(setting="base", protocol="reference", task=task)
     heads = [m for m in acc["method"].values if m != "lp" and bool(acc.sel({"method": m}).notnull().any())]
     if not heads:
         return None
     return (acc.sel({"method": heads}).mean(list(mean_over)).to_pandas() * 100).dropna(axis=1, how="all")
+
+
+def robustness_means(transfer: xr.Dataset) -> pd.DataFrame | None:
+    """ID and OOD means (%) of LP, MLP and NMTune under each head setting (reference protocol, the dataset's first
+    run): a column per mean and head, a row per setting. None when the runs left out the reference protocol."""
+    if "reference" not in transfer["protocol"].values:
+        return None
+    heads = [m for m in transfer["method"].values if m in ("lp", "mlp", "nmtune")]
+    means = id_ood_means(transfer.sel(protocol="reference").isel(noise_ratio=0, seed=0).sel({"method": heads}))
+    return (means.to_dataframe()[["id_mean", "ood_mean"]] * 100).unstack("method").round(2)
 
 
 def means_table(transfer: xr.Dataset) -> pd.DataFrame:
