@@ -137,11 +137,11 @@ def test_the_sweep_fine_tunes_under_the_matched_protocol_alone_and_records_the_c
     assert "02_pretrain ×2" in result.stdout  # the backbones are reused, not re-trained
     transfer = xr.load_dataset(root / "smoke/fashion_mnist/symmetric-0.20/seed0/transfer.nc", engine="h5netcdf")
     assert list(transfer["protocol"].values) == ["matched"]
-    ft = transfer.sel(method="ft", protocol="matched", setting="base")
+    ft = transfer.sel({"method": "ft", "protocol": "matched", "setting": "base"})
     assert bool(ft["accuracy"].notnull().any("test_domain").all())
     for cost in ("fit_seconds", "peak_memory_mb", "trained_params"):
         assert bool((ft[cost] > 0).all()), cost
-    nmtune = transfer.sel(method="nmtune", protocol="matched", setting="base")
+    nmtune = transfer.sel({"method": "nmtune", "protocol": "matched", "setting": "base"})
     assert bool((ft["trained_params"] > nmtune["trained_params"]).all())  # the backbone's weights are trained too
     heads = pd.read_csv(root / "smoke/heads.csv")
     assert set(heads["method"]) == {"lp", "mlp", "nmtune", "ft"} and set(heads["protocol"]) == {"matched"}
