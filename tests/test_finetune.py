@@ -1,8 +1,13 @@
 """Full fine-tuning (nmtune_lib.transfer.finetune) and the mechanism analysis (nmtune_lib.analysis.mechanism): each
 checked against what it must do on made-up data where the answer is known."""
+import shutil
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import xarray as xr
+from conftest import nmtune_sweep
 
 from nmtune_lib.analysis.mechanism import mechanism_table, planted_runs
 from nmtune_lib.data.augment import ViewAugment, to_float
@@ -123,12 +128,6 @@ def test_the_between_ratio_slope_is_the_slope_a_full_mechanism_predicts():
 
 def test_the_sweep_fine_tunes_under_the_matched_protocol_alone_and_records_the_cost(smoke_sweep, tmp_path):
     # the fine-tuning experiment's settings on the smoke preset: no reference protocol, no ablation, no robustness
-    import shutil
-
-    import pandas as pd
-    import xarray as xr
-    from conftest import nmtune_sweep
-
     root = tmp_path / "runs"
     shutil.copytree(smoke_sweep, root)
     result = nmtune_sweep(root, "--set", 'methods=["lp","mlp","nmtune","ft"]', "--set", 'protocols=["matched"]',

@@ -67,14 +67,18 @@ class Tables:
             self._frames[key] = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"noise_ratio": str})
         return self._frames[key]
 
-    def row(self, name: str, **where: Any) -> pd.Series:
+    def select(self, name: str, **where: Any) -> pd.DataFrame:
+        """The rows of a table matching ``where`` (column → value, compared as text)."""
         frame = self.frame(name)
-        mask = pd.Series(True, index=frame.index)
         for column, value in where.items():
-            mask &= frame[column].astype(str) == str(value)
-        if mask.sum() != 1:
-            raise ValueError(f"findings: {name} has {int(mask.sum())} rows where {where} (an answer needs one)")
-        return frame[mask].iloc[0]
+            frame = frame[frame[column].astype(str) == str(value)]
+        return frame
+
+    def row(self, name: str, **where: Any) -> pd.Series:
+        frame = self.select(name, **where)
+        if len(frame) != 1:
+            raise ValueError(f"findings: {name} has {len(frame)} rows where {where} (an answer needs one)")
+        return frame.iloc[0]
 
     # --- the helpers answers call --------------------------------------------------------------------------------
     def claim(self, experiment: str, cid: str, protocol: str = "reference") -> pd.Series:
@@ -99,12 +103,8 @@ class Tables:
         raise ValueError(f"findings: {name} has no mean and half-width columns")
 
     def rows(self, name: str, **where: Any) -> list[dict[str, Any]]:
-        """Every row of a table matching ``where`` (column → value, compared as text), as dicts: for answers that
-        count or list rows."""
-        frame = self.frame(name)
-        for column, value in where.items():
-            frame = frame[frame[column].astype(str) == str(value)]
-        return frame.to_dict("records")
+        """Every row of a table matching ``where`` (``select``), as dicts: for answers that count or list rows."""
+        return self.select(name, **where).to_dict("records")
 
     def seed_difference(self, a: str, b: str) -> float:
         """The largest absolute difference between two sets' per-seed scores (their ``task_scores.csv``, rows
@@ -275,15 +275,14 @@ def findings_document(root: Path = PROJECT_ROOT) -> tuple[str, dict[str, str], T
 def headline(tables: Tables) -> str:
     """The default set's claims (paper form), both protocols, and whether its make on another machine
     (``default_earlier``) gives the same adjusted verdicts under both."""
-    reruns = [name for name in ("default_earlier",) if name in tables.experiments]
     table = pd.concat([_protocol_column(tables, p) for p in PROTOCOLS], axis=1)
-    agree = []
-    for cid in table.index.get_level_values("id"):
-        mine = [tables.verdict("default", cid, p) for p in PROTOCOLS]
-        same = sum(all(_verdict_or_none(tables, r, cid, p) == v for p, v in zip(PROTOCOLS, mine)) for r in reruns)
-        agree.append("(not judged there)" if _verdict_or_none(tables, reruns[0], cid, PROTOCOLS[0]) is None
-                     else "yes" if same == len(reruns) else "no")
-    table["same on another machine"] = agree
+    if "default_earlier" in tables.experiments:
+        agree = []
+        for cid in table.index.get_level_values("id"):
+            theirs = [_verdict_or_none(tables, "default_earlier", cid, p) for p in PROTOCOLS]
+            mine = [tables.verdict("default", cid, p) for p in PROTOCOLS]
+            agree.append("(not judged there)" if theirs[0] is None else "yes" if theirs == mine else "no")
+        table["same on another machine"] = agree
     table.index = table.index.get_level_values("claim")
     return to_markdown(table) + "\n"
 
@@ -298,8 +297,7 @@ def _protocol_column(tables: Tables, protocol: str) -> pd.DataFrame:
 
 
 def _verdict_or_none(tables: Tables, experiment: str, cid: str, protocol: str) -> str | None:
-    frame = tables.frame(f"{experiment}/claims.csv")
-    rows = frame[(frame["protocol"] == protocol) & (frame["id"] == cid)]
+    rows = tables.select(f"{experiment}/claims.csv", protocol=protocol, id=cid)
     return str(rows["verdict_adjusted"].iloc[0]) if len(rows) else None
 
 
